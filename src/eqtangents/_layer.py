@@ -1,0 +1,183 @@
+"""`AbstractLayer`: the contract every layer follows, and the `kernel` entry point."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._kernel import Get, Kernel, kernel_from_inputs, parse_get, select
+
+Shape = tuple[int, ...]
+"""Per-example shape `(C, *spatial)`, channels first."""
+
+KernelOrKernels = Kernel | tuple[Kernel, ...]
+Layout = bool | tuple  # whether full spatial covariances are needed, per branch
+
+
+class AbstractLayer(eqx.Module):
+    """A layer of a network, finite or infinitely wide.
+
+    Each final subclass gives, side by side:
+
+    - `__call__(x, *, key=None)`: the forward pass on ONE example `(C, *spatial)`;
+    - `init(key, input_shape)`: a copy with its weights drawn for inputs of
+      per-example shape `input_shape`;
+    - `output_shape(input_shape)`: shape inference, which also validates the
+      input and raises a `ValueError` naming the layer and the fix;
+    - `propagate(k)`: the infinite-width rule mapping the `Kernel` of the layer's
+      inputs to the `Kernel` of its outputs;
+    - `needs_full_spatial(output_full)`: whether the layer's input must carry
+      full spatial covariances so that its output has the requested layout.
+
+    The entry point `kernel(x1, x2=None, get=None)` is shared by all layers.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, x: Any, *, key: PRNGKeyArray | None = None) -> Any:
+        """Forward pass on one example (no batch axis; use `jax.vmap`)."""
+
+    @abc.abstractmethod
+    def propagate(self, k: KernelOrKernels) -> KernelOrKernels:
+        """Maps the kernel of the inputs to the kernel of the outputs."""
+
+    @abc.abstractmethod
+    def output_shape(self, input_shape: Any) -> Any:
+        """Per-example output shape for a per-example `input_shape`."""
+
+    def init(self, key: PRNGKeyArray, input_shape: Any):
+        """Returns a copy of the layer with weights drawn for `input_shape`.
+
+        Layers without weights return themselves (after validating the shape).
+        """
+        self.output_shape(input_shape)
+        return self
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        """Whether the input needs full spatial covariances, given the output's.
+
+        The default fits layers that act on each position separately.
+        """
+        return output_full
+
+    def kernel(
+        self,
+        x1: Float[Array, "n1 *shape"] | Kernel,
+        x2: Float[Array, "n2 *shape"] | None = None,
+        get: Get = None,
+        *,
+        diagonal_spatial: bool = False,
+    ):
+        r"""NNGP and NTK kernels of the infinitely wide network at `x1`, `x2`.
+
+        **Arguments:**
+
+        - `x1`: a batch `(N1, C, *spatial)` (channels first), or a `Kernel` to
+          continue propagating from.
+        - `x2`: a batch `(N2, C, *spatial)`, or `None` for `x2 = x1`.
+        - `get`: `None` for an `et.Kernel`; `"nngp"` or `"ntk"` for one array;
+          a tuple of names for a named tuple. The NTK is only computed if asked.
+        - `diagonal_spatial`: for networks whose outputs keep spatial axes,
+          return only the spatial diagonal of the covariances.
+
+        **Returns:**
+
+        What `get` asks for; each kernel has shape `(N1, N2)` for flat outputs,
+        `(N1, N2, S_1, S_1', ...)` for spatial outputs.
+
+        **Example:**
+
+        ```python
+        model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
+        nngp, ntk = model.kernel(x, None, get=("nngp", "ntk"))
+        ```
+        """
+        names, _ = parse_get(get)
+        if isinstance(x1, Kernel):
+            if x2 is not None:
+                raise ValueError(
+                    "`kernel(k, x2)`: when continuing from a `Kernel`, leave `x2` "
+                    "as None; the kernel already holds both batches."
+                )
+            k = x1
+        else:
+            x1, x2 = _check_inputs(self, x1, x2)
+            shape = tuple(x1.shape[1:])
+            self.output_shape(shape)  # validates the architecture on this input
+            full = self.needs_full_spatial(not diagonal_spatial)
+            input_full = _any(full) and len(shape) > 1
+            k = kernel_from_inputs(
+                x1, x2, diagonal_spatial=not input_full, compute_ntk="ntk" in names
+            )
+        return select(self.propagate(k), get)
+
+
+def _any(layout: Layout) -> bool:
+    if isinstance(layout, tuple):
+        return any(_any(item) for item in layout)
+    return bool(layout)
+
+
+def _check_inputs(layer, x1, x2):
+    name = type(layer).__name__
+    x1 = jnp.asarray(x1)
+    if not jnp.issubdtype(x1.dtype, jnp.inexact):
+        x1 = x1.astype(jnp.result_type(float))
+    if x1.ndim < 2:
+        raise ValueError(
+            f"{name}.kernel: `x1` has shape {x1.shape}; it needs a batch axis and "
+            "a channel axis, `(N, C, *spatial)`. For one vector use `x[None]`."
+        )
+    if x2 is not None:
+        x2 = jnp.asarray(x2, dtype=x1.dtype)
+        if x2.shape[1:] != x1.shape[1:]:
+            raise ValueError(
+                f"{name}.kernel: `x1` has per-example shape {x1.shape[1:]} but "
+                f"`x2` has {x2.shape[1:]}; both batches must have the same trailing "
+                "shape `(C, *spatial)`."
+            )
+    return x1, x2
+
+
+def require_gaussian(layer: AbstractLayer, k: Kernel) -> None:
+    """Raises unless the layer's input is Gaussian (follows an affine layer)."""
+    if not k.is_gaussian:
+        name = type(layer).__name__
+        raise ValueError(
+            f"{name} needs Gaussian inputs, but it follows "
+            + ("the network input" if k.is_input else "a nonlinear layer")
+            + ". Put an affine layer (Dense, Conv, ...) before it; for a kernel of "
+            "a network that cannot be written so, use `et.monte_carlo_kernel` or "
+            "`et.empirical_kernel`."
+        )
+
+
+def missing_weights(layer: AbstractLayer) -> ValueError:
+    """The error raised when a layer without weights is called."""
+    name = type(layer).__name__
+    return ValueError(
+        f"{name} has no weights yet: call `model.init(key, input_shape)` first "
+        f"(or construct the layer eagerly with its input size and `key=`). "
+        "`model.kernel(...)` needs no weights."
+    )
+
+
+def split_key(key: PRNGKeyArray | None, n: int) -> list:
+    """Splits `key` into `n` keys, or returns `n` Nones."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
+
+
+def as_shape(shape: Any, layer: AbstractLayer) -> Shape:
+    """Validates a single per-example shape."""
+    if not (isinstance(shape, tuple) and all(isinstance(s, int) for s in shape)):
+        raise ValueError(
+            f"{type(layer).__name__} takes one input, but got input shape {shape!r}. "
+            "Combine several branches with FanInSum, FanInProd or FanInConcat first."
+        )
+    return shape

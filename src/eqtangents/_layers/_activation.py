@@ -1,0 +1,53 @@
+"""`AbstractActivation`: the shared kernel rule of pointwise nonlinearities."""
+
+from __future__ import annotations
+
+import abc
+
+from jaxtyping import Array, PRNGKeyArray
+
+from .._kernel import Kernel
+from .._layer import AbstractLayer, Shape, as_shape, require_gaussian
+
+
+class AbstractActivation(AbstractLayer):
+    r"""A pointwise nonlinearity $\phi$ with a dual kernel.
+
+    For Gaussian inputs $(u, v)$ with covariance $\begin{pmatrix} v_1 & c_{12}
+    \\ c_{12} & v_2 \end{pmatrix}$ the output NNGP is the dual activation
+    $T(c_{12}, v_1, v_2) = E[\phi(u)\phi(v)]$ and the NTK is multiplied by the
+    dual of the derivative $\dot T = E[\phi'(u)\phi'(v)]$:
+
+    $$K' = T(K), \qquad \Theta' = \dot T(K)\, \Theta.$$
+
+    Subclasses give `fn` (the forward pass) and `duals`.
+    """
+
+    @abc.abstractmethod
+    def fn(self, x: Array) -> Array:
+        """The nonlinearity, elementwise."""
+
+    @abc.abstractmethod
+    def duals(
+        self, c12: Array, v1: Array, v2: Array, derivative: bool
+    ) -> tuple[Array, Array | None]:
+        r"""Returns $T(c_{12}, v_1, v_2)$ and, if `derivative`, $\dot T$."""
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        return self.fn(x)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return as_shape(input_shape, self)
+
+    def propagate(self, k: Kernel) -> Kernel:
+        require_gaussian(self, k)
+        v1, v2 = k.variances()
+        nngp, dot = self.duals(k.nngp, v1, v2, k.ntk is not None)
+        ntk = None if k.ntk is None else k.ntk * dot
+
+        def cov(c):
+            return None if c is None else self.duals(c, *k.cov_variances(c), False)[0]
+
+        return k.replace(
+            nngp=nngp, ntk=ntk, cov1=cov(k.cov1), cov2=cov(k.cov2), is_gaussian=False
+        )

@@ -1,0 +1,270 @@
+"""Combinators: networks built from layers, which are layers themselves."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+from jaxtyping import PRNGKeyArray
+
+from .._kernel import Kernel
+from .._layer import AbstractLayer, Layout, split_key
+
+
+class Serial(AbstractLayer):
+    """Layers applied one after the other.
+
+    **Arguments:**
+
+    - `*layers`: the layers, first to last.
+
+    **Example:**
+
+    ```python
+    model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
+    ```
+    """
+
+    layers: tuple[AbstractLayer, ...]
+
+    def __init__(self, *layers: AbstractLayer):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, AbstractLayer):
+                raise ValueError(
+                    f"Serial: item {i} is {type(layer).__name__}, not an eqtangents "
+                    "layer. Wrap other modules in their own network, or use "
+                    "`et.empirical_kernel` for arbitrary Equinox modules."
+                )
+        self.layers = tuple(layers)
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+        for layer, k in zip(self.layers, split_key(key, len(self.layers))):
+            x = layer(x, key=k)
+        return x
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    def init(self, key: PRNGKeyArray, input_shape) -> Serial:
+        layers = []
+        for layer, k in zip(self.layers, jax.random.split(key, max(len(self.layers), 1))):
+            layers.append(layer.init(k, input_shape))
+            input_shape = layer.output_shape(input_shape)
+        return eqx.tree_at(lambda s: s.layers, self, tuple(layers))
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        for layer in reversed(self.layers):
+            output_full = layer.needs_full_spatial(output_full)
+        return output_full
+
+    def propagate(self, k):
+        for layer in self.layers:
+            k = layer.propagate(k)
+        return k
+
+
+class Parallel(AbstractLayer):
+    """Applies layer `i` to input `i` of a tuple (after `FanOut`, say).
+
+    **Arguments:**
+
+    - `*layers`: one layer per branch.
+    """
+
+    layers: tuple[AbstractLayer, ...]
+
+    def __init__(self, *layers: AbstractLayer):
+        self.layers = tuple(layers)
+
+    def _check(self, n: int) -> None:
+        if n != len(self.layers):
+            raise ValueError(
+                f"Parallel has {len(self.layers)} branches but receives {n} inputs; "
+                f"use FanOut({len(self.layers)}) before it."
+            )
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+        self._check(len(x))
+        keys = split_key(key, len(self.layers))
+        return tuple(layer(xi, key=k) for layer, xi, k in zip(self.layers, x, keys))
+
+    def output_shape(self, input_shape):
+        if not _is_multi(input_shape):
+            raise ValueError(
+                f"Parallel expects a tuple of inputs (one per branch), got one input "
+                f"of shape {input_shape}; put FanOut({len(self.layers)}) before it."
+            )
+        self._check(len(input_shape))
+        return tuple(lyr.output_shape(s) for lyr, s in zip(self.layers, input_shape))
+
+    def init(self, key: PRNGKeyArray, input_shape) -> Parallel:
+        self.output_shape(input_shape)
+        keys = jax.random.split(key, max(len(self.layers), 1))
+        layers = tuple(
+            lyr.init(k, s) for lyr, k, s in zip(self.layers, keys, input_shape)
+        )
+        return eqx.tree_at(lambda s: s.layers, self, layers)
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        if not isinstance(output_full, tuple):
+            output_full = (output_full,) * len(self.layers)
+        return tuple(
+            lyr.needs_full_spatial(o) for lyr, o in zip(self.layers, output_full)
+        )
+
+    def propagate(self, k):
+        if isinstance(k, Kernel):
+            raise ValueError(
+                f"Parallel expects one kernel per branch; put "
+                f"FanOut({len(self.layers)}) before it."
+            )
+        self._check(len(k))
+        return tuple(layer.propagate(ki) for layer, ki in zip(self.layers, k))
+
+
+class FanOut(AbstractLayer):
+    """Copies its input into a tuple of `num` identical inputs."""
+
+    num: int = eqx.field(static=True)
+
+    def __init__(self, num: int):
+        if num < 1:
+            raise ValueError(f"FanOut: `num` must be at least 1, got {num}.")
+        self.num = num
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+        return (x,) * self.num
+
+    def output_shape(self, input_shape):
+        return (input_shape,) * self.num
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        if isinstance(output_full, tuple):
+            return any(output_full)
+        return output_full
+
+    def propagate(self, k):
+        return (k,) * self.num
+
+
+def _is_multi(shape) -> bool:
+    return isinstance(shape, tuple) and len(shape) > 0 and isinstance(shape[0], tuple)
+
+
+def check_branches(layer: AbstractLayer, shapes) -> None:
+    """Validates that a fan-in layer receives a tuple of inputs."""
+    if not _is_multi(shapes):
+        raise ValueError(
+            f"{type(layer).__name__} combines several branches but received one "
+            f"input of shape {shapes}; use FanOut and Parallel before it."
+        )
+
+
+class Repeat(AbstractLayer):
+    """`layer` applied `n` times, each time with its own weights.
+
+    The kernel is computed with `jax.lax.scan`, so compile time does not grow
+    with `n`. The layer must map its output shape to itself (apart, possibly,
+    from the first application).
+
+    **Arguments:**
+
+    - `layer`: the block to repeat.
+    - `n`: how many times.
+    """
+
+    layer: AbstractLayer
+    n: int = eqx.field(static=True)
+    stacked: AbstractLayer | None
+
+    def __init__(self, layer: AbstractLayer, n: int):
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"Repeat: `n` must be a non-negative integer, got {n!r}.")
+        self.layer = layer
+        self.n = n
+        self.stacked = None
+
+    def output_shape(self, input_shape):
+        for i in range(min(self.n, 2)):
+            out = self.layer.output_shape(input_shape)
+            if i > 0 and out != input_shape:
+                raise ValueError(
+                    f"Repeat: the repeated layer maps shape {input_shape} to {out}; "
+                    "it must map its output shape to itself."
+                )
+            input_shape = out
+        return input_shape
+
+    def init(self, key: PRNGKeyArray, input_shape) -> Repeat:
+        self.output_shape(input_shape)
+        if self.n == 0:
+            return self
+        first_key, rest_key = jax.random.split(key)
+        first = self.layer.init(first_key, input_shape)
+        shape = self.layer.output_shape(input_shape)
+        rest_keys = jax.random.split(rest_key, self.n)[: self.n - 1]
+        dynamic, static = eqx.partition(first, eqx.is_array)
+
+        def one(k):
+            return eqx.partition(self.layer.init(k, shape), eqx.is_array)[0]
+
+        if self.n > 1:
+            rest = jax.vmap(one)(rest_keys)
+            stacked = jax.tree.map(
+                lambda a, b: jax.numpy.concatenate([a[None], b]), dynamic, rest
+            )
+        else:
+            stacked = jax.tree.map(lambda a: a[None], dynamic)
+        return eqx.tree_at(
+            lambda r: r.stacked,
+            self,
+            eqx.combine(stacked, static),
+            is_leaf=lambda x: x is None,
+        )
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+        if self.n == 0:
+            return x
+        if self.stacked is None:
+            return self.layer(x, key=key)  # raises the missing-weights error
+        dynamic, static = eqx.partition(self.stacked, eqx.is_array)
+        keys = None if key is None else jax.random.split(key, self.n)
+
+        def body(carry, inputs):
+            params, k = inputs
+            layer = eqx.combine(params, static)
+            return layer(carry, key=k), None
+
+        x, _ = jax.lax.scan(body, x, (dynamic, keys))
+        return x
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        layout = output_full
+        for _ in range(min(self.n, 3)):
+            layout = self.layer.needs_full_spatial(layout)
+        return layout if self.n > 0 else output_full
+
+    def propagate(self, k):
+        if self.n == 0:
+            return k
+        k = self.layer.propagate(k)
+        if self.n == 1:
+            return k
+        dynamic, static = eqx.partition(k, eqx.is_array)
+        out_static = eqx.partition(
+            eqx.filter_eval_shape(self.layer.propagate, k), eqx.is_array
+        )[1]
+        if jax.tree.structure(out_static) != jax.tree.structure(static):
+            raise ValueError(
+                "Repeat: the repeated layer changes the kernel's layout or shapes "
+                "from one application to the next; write the layers out in Serial."
+            )
+
+        def body(carry, _):
+            return eqx.partition(
+                self.layer.propagate(eqx.combine(carry, static)), eqx.is_array
+            )[0], None
+
+        dynamic, _ = jax.lax.scan(body, dynamic, None, length=self.n - 1)
+        return eqx.combine(dynamic, static)

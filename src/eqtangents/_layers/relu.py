@@ -1,0 +1,78 @@
+"""The ReLU family: piecewise-linear activations with arc-cosine dual kernels."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._numerics import arccos_dual, correlation, safe_arccos
+from ._activation import AbstractActivation
+
+
+def abrelu_duals(a, b, c12, v1, v2, derivative):
+    r"""Duals of $\phi(x) = a \min(x, 0) + b \max(x, 0)$ (Cho & Saul 2009).
+
+    With $\rho = c_{12}/\sqrt{v_1 v_2}$ and $J(\rho) = \sqrt{1-\rho^2} +
+    (\pi - \arccos\rho)\rho$:
+
+    $$T = ab\, c_{12} + \frac{(b-a)^2}{2\pi}\sqrt{v_1 v_2}\, J(\rho), \qquad
+      \dot T = ab + \frac{(b-a)^2}{2\pi}(\pi - \arccos\rho).$$
+    """
+    rho, prod = correlation(c12, v1, v2)
+    scale = (b - a) ** 2 / (2 * jnp.pi)
+    nngp = a * b * c12 + scale * prod * arccos_dual(rho)
+    dot = None
+    if derivative:
+        dot = a * b + scale * (jnp.pi - safe_arccos(rho))
+    return nngp, dot
+
+
+class ABRelu(AbstractActivation):
+    r"""$\phi(x) = a x$ for $x < 0$ and $b x$ for $x \ge 0$."""
+
+    a: float
+    b: float
+
+    def __init__(self, a: float, b: float):
+        self.a, self.b = a, b
+
+    def fn(self, x: Array) -> Array:
+        return jnp.where(x < 0, self.a * x, self.b * x)
+
+    def duals(self, c12, v1, v2, derivative):
+        return abrelu_duals(self.a, self.b, c12, v1, v2, derivative)
+
+
+class Relu(AbstractActivation):
+    r"""$\phi(x) = \max(x, 0)$."""
+
+    def fn(self, x: Array) -> Array:
+        return jnp.maximum(x, 0)
+
+    def duals(self, c12, v1, v2, derivative):
+        return abrelu_duals(0.0, 1.0, c12, v1, v2, derivative)
+
+
+class LeakyRelu(AbstractActivation):
+    r"""$\phi(x) = \alpha x$ for $x < 0$ and $x$ for $x \ge 0$."""
+
+    alpha: float
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+
+    def fn(self, x: Array) -> Array:
+        return jnp.where(x < 0, self.alpha * x, x)
+
+    def duals(self, c12, v1, v2, derivative):
+        return abrelu_duals(self.alpha, 1.0, c12, v1, v2, derivative)
+
+
+class Abs(AbstractActivation):
+    r"""$\phi(x) = |x|$."""
+
+    def fn(self, x: Array) -> Array:
+        return jnp.abs(x)
+
+    def duals(self, c12, v1, v2, derivative):
+        return abrelu_duals(-1.0, 1.0, c12, v1, v2, derivative)
