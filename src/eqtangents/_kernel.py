@@ -21,14 +21,14 @@ channels, `nngp[n1, n2, s, s'] = E[f(x1_n1)_{c, s} f(x2_n2)_{c, s'}]`.
 from __future__ import annotations
 
 import collections
-from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 _KINDS = ("nngp", "ntk")
-Get = None | Literal["nngp", "ntk"] | tuple[str, ...]
+Get = None | str | tuple[str, ...]
+"""`None`, "nngp", "ntk", or a tuple of those names."""
 
 
 class Kernel(eqx.Module):

@@ -8,7 +8,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._kernel import Get, Kernel, kernel_from_inputs, parse_get, select
 
@@ -66,8 +66,8 @@ class AbstractLayer(eqx.Module):
 
     def kernel(
         self,
-        x1: Float[Array, "n1 *shape"] | Kernel,
-        x2: Float[Array, "n2 *shape"] | None = None,
+        x1: Float[ArrayLike, "n1 *shape"] | Kernel,
+        x2: Float[ArrayLike, "n2 *shape2"] | None = None,
         get: Get = None,
         *,
         diagonal_spatial: bool = False,

@@ -20,11 +20,17 @@ def check_parameterization(layer: str, parameterization: str) -> None:
         )
 
 
-def to_std(value) -> Array:
-    """Stores a standard deviation as an array, so `eqx.filter_grad` can see it."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise ValueError(f"Standard deviations must be non-negative, got {value}.")
-    return jnp.asarray(value, dtype=jnp.result_type(float))
+def to_std(value, name: str, layer: str):
+    """Validates a standard deviation; Python numbers are stored as floats.
+
+    A float is a fixed hyperparameter (not a leaf that `eqx.filter_grad` or an
+    optimiser sees); pass a JAX array to differentiate a kernel with respect to it.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{layer}: `{name}` must be non-negative, got {value}.")
+        return float(value)
+    return jnp.asarray(value)
 
 
 def scale_and_shift(

@@ -252,10 +252,12 @@ class Repeat(AbstractLayer):
         if self.n == 1:
             return k
         dynamic, static = eqx.partition(k, eqx.is_array)
-        out_static = eqx.partition(
-            eqx.filter_eval_shape(self.layer.propagate, k), eqx.is_array
-        )[1]
-        if jax.tree.structure(out_static) != jax.tree.structure(static):
+        out = eqx.filter_eval_shape(self.layer.propagate, k)
+        same = jax.tree.structure(out) == jax.tree.structure(k) and all(
+            (a.shape, a.dtype) == (b.shape, b.dtype)
+            for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(k))
+        )
+        if not same:
             raise ValueError(
                 "Repeat: the repeated layer changes the kernel's layout or shapes "
                 "from one application to the next; write the layers out in Serial."

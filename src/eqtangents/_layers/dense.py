@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._layer import AbstractLayer, Shape, as_shape, missing_weights
+from .._typing import Scalar
 from ._affine import check_parameterization, scale_and_shift, to_std
 
 Parameterization = Literal["ntk", "standard"]
@@ -50,8 +51,8 @@ class Dense(AbstractLayer):
     def __init__(
         self,
         out_features: int,
-        W_std: float | Float[Array, ""] = 1.0,
-        b_std: float | Float[Array, ""] | None = None,
+        W_std: Scalar = 1.0,
+        b_std: Scalar | None = None,
         parameterization: Parameterization = "ntk",
         *,
         in_features: int | None = None,
@@ -63,8 +64,8 @@ class Dense(AbstractLayer):
             )
         check_parameterization("Dense", parameterization)
         self.out_features = out_features
-        self.W_std = to_std(W_std)
-        self.b_std = None if b_std is None else to_std(b_std)
+        self.W_std = to_std(W_std, "W_std", "Dense")
+        self.b_std = None if b_std is None else to_std(b_std, "b_std", "Dense")
         self.parameterization = parameterization
         self.weight = None
         self.bias = None
