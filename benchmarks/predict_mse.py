@@ -1,0 +1,158 @@
+"""Infinite-ensemble MSE prediction: seconds and peak memory.
+
+Prints one JSON line:
+
+    {"workload": "predict_mse", "library": "eqtangents", "seconds": ...,
+     "first_call_seconds": ..., "peak_memory_mb": ...}
+
+The workload: `gradient_descent_mse_ensemble` of a 3-layer ReLU network,
+3 x (Dense(512, W_std=1.5, b_std=0.05), Relu), Dense(1), on 4,000 training and
+1,000 test inputs of dimension 64, float32, at t = infinity (`t=None`) with
+`compute_cov=True` for both NNGP and NTK (`get=None`), `diag_reg=1e-4`. Each
+timed call computes the kernels, factorizes and predicts from scratch.
+
+eqtangents runs the whole computation under `eqx.filter_jit` with
+`solver="cholesky"` (NT also uses a Cholesky factorization at t = infinity).
+`--library nt` runs the same workload with Neural Tangents 0.6.5 (in an
+environment with `neural-tangents==0.6.5` and `jax==0.4.23`): its `kernel_fn`
+jitted with `get` static, a fresh `predict_fn` per call (its factorizations are
+cached inside the closure, so reusing one would time nothing).
+
+The measurement runs in a fresh process, so that its peak memory (the device's
+peak bytes in use where JAX reports it, else the process's peak resident memory)
+is its own.
+
+    python benchmarks/predict_mse.py [--library nt] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+N_TRAIN, N_TEST, DIM, WIDTH, DEPTH = 4000, 1000, 64, 512, 3
+W_STD, B_STD, DIAG_REG = 1.5, 0.05, 1e-4
+
+
+def _data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(size=(N_TRAIN, DIM)).astype(np.float32)
+    x_test = rng.normal(size=(N_TEST, DIM)).astype(np.float32)
+    y_train = np.sin(x_train[:, :1]).astype(np.float32)
+    return x_train, y_train, x_test
+
+
+def _eqtangents():
+    import equinox as eqx
+
+    import eqtangents as et
+
+    layers = []
+    for _ in range(DEPTH):
+        layers += [et.Dense(WIDTH, W_std=W_STD, b_std=B_STD), et.Relu()]
+    model = et.Serial(*layers, et.Dense(1, W_std=W_STD, b_std=B_STD))
+    x_train, y_train, x_test = _data()
+
+    @eqx.filter_jit
+    def run(model, x_train, y_train, x_test):
+        predictor = et.predict.gradient_descent_mse_ensemble(
+            model.kernel, x_train, y_train, diag_reg=DIAG_REG, solver="cholesky"
+        )
+        return predictor(None, x_test, None, compute_cov=True)
+
+    return lambda: run(model, x_train, y_train, x_test)
+
+
+def _neural_tangents():
+    import jax
+    import neural_tangents as nt
+    from neural_tangents import stax
+
+    layers = []
+    for _ in range(DEPTH):
+        layers += [stax.Dense(WIDTH, W_std=W_STD, b_std=B_STD), stax.Relu()]
+    _, _, kernel_fn = stax.serial(*layers, stax.Dense(1, W_std=W_STD, b_std=B_STD))
+    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+    x_train, y_train, x_test = _data()
+
+    def run():
+        predict_fn = nt.predict.gradient_descent_mse_ensemble(
+            kernel_fn, x_train, y_train, diag_reg=DIAG_REG
+        )
+        return predict_fn(t=None, x_test=x_test, get=None, compute_cov=True)
+
+    return run
+
+
+def _peak_memory_mb() -> float:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(library: str, repeats: int) -> dict:
+    import jax
+
+    run = _eqtangents() if library == "eqtangents" else _neural_tangents()
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return {
+        "workload": "predict_mse",
+        "library": library,
+        "seconds": statistics.median(times),
+        "first_call_seconds": first,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--library", choices=("eqtangents", "nt"), default="eqtangents")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.in_process:
+        print(json.dumps(measure(args.library, args.repeats)))
+        return
+    command = [
+        sys.executable,
+        __file__,
+        "--in-process",
+        f"--library={args.library}",
+        f"--repeats={args.repeats}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        errors = [line for line in lines if "Error" in line] or ["failed"]
+        print(
+            json.dumps(
+                {
+                    "workload": "predict_mse",
+                    "library": args.library,
+                    "error": errors[-1],
+                }
+            )
+        )
+    else:
+        print(done.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
