@@ -1,0 +1,313 @@
+r"""Pooling and flattening: linear maps over spatial positions, without weights.
+
+Pooling averages or sums each channel over a window of positions, so the
+outputs stay Gaussian when the inputs are; its kernel rule mixes all pairs of
+positions and needs full spatial covariances:
+$K'[p, p'] = \sum_{i, i'} a_{p i} a_{p' i'} K[i, i']$ with $a$ the pooling
+weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._kernel import Kernel, spatial_diagonal
+from .._layer import AbstractLayer, Layout, Shape, as_shape
+from ._spatial import (
+    Normalization,
+    Padding,
+    check_fits,
+    check_ints,
+    check_padding,
+    per_axis,
+    pool_axis,
+    pool_covariance,
+)
+
+
+def _spatial_input(layer: AbstractLayer, input_shape) -> Shape:
+    shape = as_shape(input_shape, layer)
+    if len(shape) < 2:
+        raise ValueError(
+            f"{type(layer).__name__} pools over spatial axes, but its input has "
+            f"per-example shape {shape} without any (expected `(C, *spatial)`)."
+        )
+    return shape
+
+
+def _require_full(layer: AbstractLayer, k: Kernel) -> None:
+    if k.diagonal_spatial and k.n_spatial > 0:
+        raise ValueError(
+            f"{type(layer).__name__} mixes spatial positions, so it needs full "
+            "spatial covariances, but its input kernel holds only their diagonal. "
+            "Compute the kernel from the inputs with `model.kernel(x1, x2)` (the "
+            "layout is chosen for the whole network), not from a kernel built "
+            "with `diagonal_spatial=True`."
+        )
+
+
+def _map(k: Kernel, fn) -> dict:
+    """Applies `fn(cov, batch_ndim)` to the four covariances of `k`."""
+    return dict(
+        nngp=fn(k.nngp, 2),
+        ntk=None if k.ntk is None else fn(k.ntk, 2),
+        cov1=fn(k.cov1, 1),
+        cov2=None if k.cov2 is None else fn(k.cov2, 1),
+    )
+
+
+class _Window(NamedTuple):
+    """Validated pooling geometry."""
+
+    windows: tuple[int, ...]
+    strides: tuple[int, ...]
+    out: tuple[int, ...]
+
+
+def _geometry(layer, kernel_size, stride, padding, input_shape) -> _Window:
+    name = type(layer).__name__
+    shape = _spatial_input(layer, input_shape)
+    n = len(shape) - 1
+    windows = per_axis(name, "kernel_size", kernel_size, n)
+    strides = per_axis(name, "stride", 1 if stride is None else stride, n)
+    out = check_fits(name, shape[1:], windows, strides, (1,) * n, padding)
+    return _Window(windows, strides, out)
+
+
+def _pool_forward(x, geometry: _Window, padding: str, norm: Normalization):
+    for i, (k, s) in enumerate(zip(geometry.windows, geometry.strides)):
+        x = pool_axis(x, 1 + i, k, s, padding, norm)
+    return x
+
+
+def _pool_propagate(layer, k: Kernel, kernel_size, stride, padding, norm) -> Kernel:
+    _require_full(layer, k)
+    g1 = _geometry(layer, kernel_size, stride, padding, k.shape1)
+    g2 = _geometry(layer, kernel_size, stride, padding, k.shape2)
+
+    def pool(cov, batch_ndim):
+        return pool_covariance(cov, batch_ndim, g1.windows, g1.strides, padding, norm)
+
+    return k.replace(
+        **_map(k, pool), shape1=k.shape1[:1] + g1.out, shape2=k.shape2[:1] + g2.out
+    )
+
+
+class AvgPool(AbstractLayer):
+    r"""Average of each channel over a sliding window of positions.
+
+    $y_c[p] = \frac{1}{m_p}\sum_{i \in w} x_c[s p + i - l]$ with $m_p$ the
+    window size, or, with `normalize_edges=True`, the number of taps inside the
+    input (they differ only at the edges with `padding="SAME"`). The kernel is
+    the same average applied to both positions of the covariance,
+    $K'[p, p'] = \frac{1}{m_p m_{p'}}\sum_{i, i'} K[s p + i - l, s p' + i' - l]$.
+
+    **Arguments:**
+
+    - `kernel_size`: window shape; an int applies to every spatial axis.
+    - `stride`: step between windows; `None` (the default, as in Neural
+      Tangents) means stride 1, not the window size as in `equinox.nn`.
+    - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"` (see `et.Conv`).
+    - `normalize_edges`: divide by the number of taps inside the input instead
+      of the window size.
+    """
+
+    kernel_size: int | tuple[int, ...] = eqx.field(static=True)
+    stride: int | tuple[int, ...] | None = eqx.field(static=True)
+    padding: Padding = eqx.field(static=True)
+    normalize_edges: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] | None = None,
+        padding: str = "VALID",
+        normalize_edges: bool = False,
+    ):
+        self.kernel_size = check_ints("AvgPool", "kernel_size", kernel_size)
+        self.stride = (
+            None if stride is None else check_ints("AvgPool", "stride", stride)
+        )
+        self.padding = check_padding("AvgPool", padding)
+        self.normalize_edges = bool(normalize_edges)
+
+    @property
+    def _norm(self) -> Normalization:
+        return "edges" if self.normalize_edges else "window"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        g = _geometry(self, self.kernel_size, self.stride, self.padding, input_shape)
+        return input_shape[:1] + g.out
+
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "c *spatial_out"]:
+        g = _geometry(self, self.kernel_size, self.stride, self.padding, x.shape)
+        return _pool_forward(x, g, self.padding, self._norm)
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        return True
+
+    def propagate(self, k: Kernel) -> Kernel:
+        return _pool_propagate(
+            self, k, self.kernel_size, self.stride, self.padding, self._norm
+        )
+
+
+class SumPool(AbstractLayer):
+    r"""Sum of each channel over a sliding window of positions.
+
+    $y_c[p] = \sum_{i \in w} x_c[s p + i - l]$ and
+    $K'[p, p'] = \sum_{i, i'} K[s p + i - l, s p' + i' - l]$.
+
+    **Arguments:**
+
+    - `kernel_size`: window shape; an int applies to every spatial axis.
+    - `stride`: step between windows; `None` (the default, as in Neural
+      Tangents) means stride 1.
+    - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"` (see `et.Conv`).
+    """
+
+    kernel_size: int | tuple[int, ...] = eqx.field(static=True)
+    stride: int | tuple[int, ...] | None = eqx.field(static=True)
+    padding: Padding = eqx.field(static=True)
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] | None = None,
+        padding: str = "VALID",
+    ):
+        self.kernel_size = check_ints("SumPool", "kernel_size", kernel_size)
+        self.stride = (
+            None if stride is None else check_ints("SumPool", "stride", stride)
+        )
+        self.padding = check_padding("SumPool", padding)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        g = _geometry(self, self.kernel_size, self.stride, self.padding, input_shape)
+        return input_shape[:1] + g.out
+
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "c *spatial_out"]:
+        g = _geometry(self, self.kernel_size, self.stride, self.padding, x.shape)
+        return _pool_forward(x, g, self.padding, "sum")
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        return True
+
+    def propagate(self, k: Kernel) -> Kernel:
+        return _pool_propagate(
+            self, k, self.kernel_size, self.stride, self.padding, "sum"
+        )
+
+
+def _global(layer, k: Kernel, reduce) -> Kernel:
+    _require_full(layer, k)
+    if k.n_spatial == 0:
+        return k
+
+    def pool(cov, batch_ndim):
+        return reduce(cov, axis=tuple(range(batch_ndim, cov.ndim)))
+
+    # Flat kernels use the layout of flat inputs (`diagonal_spatial=True`).
+    return k.replace(
+        **_map(k, pool),
+        shape1=k.shape1[:1],
+        shape2=k.shape2[:1],
+        diagonal_spatial=True,
+    )
+
+
+class GlobalAvgPool(AbstractLayer):
+    r"""Average of each channel over all positions: `(C, *spatial) -> (C,)`.
+
+    $K' = \frac{1}{|S|^2}\sum_{p, p'} K[p, p']$.
+    """
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return as_shape(input_shape, self)[:1]
+
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " c"]:
+        return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        return True
+
+    def propagate(self, k: Kernel) -> Kernel:
+        self.output_shape(k.shape1)
+        return _global(self, k, jnp.mean)
+
+
+class GlobalSumPool(AbstractLayer):
+    r"""Sum of each channel over all positions: `(C, *spatial) -> (C,)`.
+
+    $K' = \sum_{p, p'} K[p, p']$.
+    """
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return as_shape(input_shape, self)[:1]
+
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " c"]:
+        return jnp.sum(x, axis=tuple(range(1, x.ndim)))
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        return True
+
+    def propagate(self, k: Kernel) -> Kernel:
+        self.output_shape(k.shape1)
+        return _global(self, k, jnp.sum)
+
+
+class Flatten(AbstractLayer):
+    r"""All axes of one example in one: `(C, *spatial) -> (C \prod_j S_j,)`.
+
+    Each output unit is one channel at one position, so a following layer sees
+    the average over positions of the per-position kernels,
+    $K' = \frac{1}{|S|}\sum_p K[p, p]$: only the spatial diagonal is needed.
+    The output width $C \prod_j S_j$ is the fan-in of a following
+    standard-parameterization `et.Dense`.
+
+    The flattened units at different positions are not identically distributed,
+    so the outputs no longer count as Gaussian: follow `Flatten` by an affine
+    layer (`et.Dense`) before any nonlinearity. On flat inputs it does nothing.
+    """
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return (math.prod(as_shape(input_shape, self)),)
+
+    def __call__(
+        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " features"]:
+        return x.reshape(-1)
+
+    def needs_full_spatial(self, output_full: Layout) -> Layout:
+        return False
+
+    def propagate(self, k: Kernel) -> Kernel:
+        shape1, shape2 = self.output_shape(k.shape1), self.output_shape(k.shape2)
+        if k.n_spatial == 0:
+            return k
+
+        def trace(cov, batch_ndim):
+            if not k.diagonal_spatial:
+                cov = spatial_diagonal(cov, batch_ndim)
+            return jnp.mean(cov, axis=tuple(range(batch_ndim, cov.ndim)))
+
+        return k.replace(
+            **_map(k, trace),
+            shape1=shape1,
+            shape2=shape2,
+            diagonal_spatial=True,
+            is_gaussian=False,
+        )
