@@ -166,7 +166,50 @@ def _leaf(op: str, args: dict, shape: tuple):
         }
         return et.ElementwiseNumerical(fns[args["fn"]], deg=args["deg"])
     if op == "ImageResize":
-        return et.ImageResize(**args)
+        # NT's `shape` covers its batch layout `(N, *spatial, C)`; ours is per
+        # example `(C, *spatial)`: drop the batch entry, move channels first.
+        import jax
+        import jax.numpy as jnp
+
+        nt_shape = [int(s) for s in args.pop("shape")]
+        layer = et.ImageResize(shape=(nt_shape[-1], *nt_shape[1:-1]), **args)
+        if nt_shape[0] == -1:
+            return layer
+
+        class _ResizeBatch(et.AbstractLayer):
+            """NT also resizes the batch axis when `shape[0] != -1` (the stored
+            case does: 3 -> 1 and 2 -> 1 examples). Its nngp/ntk are then the same
+            interpolation over examples of the cross-covariances, which this
+            applies; the per-example covariances of mixed examples would need
+            covariances between examples of one batch, which a `Kernel` does not
+            hold, so they are left as NaN (no later layer of the case reads them
+            into nngp/ntk)."""
+
+            size: int
+
+            def __call__(self, x, *, key=None):
+                raise ValueError("a batch resize has no per-example forward pass")
+
+            def output_shape(self, input_shape):
+                return input_shape
+
+            def propagate(self, k):
+                def resize(cov):
+                    return jax.image.resize(
+                        cov, (self.size, self.size) + cov.shape[2:], **args
+                    )
+
+                def unknown(cov):
+                    return jnp.full((self.size,) + cov.shape[1:], jnp.nan, cov.dtype)
+
+                return k.replace(
+                    nngp=resize(k.nngp),
+                    ntk=None if k.ntk is None else resize(k.ntk),
+                    cov1=unknown(k.cov1),
+                    cov2=None if k.cov2 is None else unknown(k.cov2),
+                )
+
+        return et.Serial(layer, _ResizeBatch(nt_shape[0]))
     cls = getattr(et, _OP_TO_CLASS.get(op, op))
     return cls(**args)
 

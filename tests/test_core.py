@@ -49,7 +49,7 @@ def test_ntk_is_not_computed_unless_asked():
     x1, _ = _inputs()
     jaxpr_nngp = jax.make_jaxpr(lambda x: mlp().kernel(x, None, get="nngp"))(x1)
     jaxpr_both = jax.make_jaxpr(lambda x: mlp().kernel(x, None, get=None))(x1)
-    assert len(jaxpr_nngp.eqns) < len(jaxpr_both.eqns)
+    assert len(str(jaxpr_nngp)) < len(str(jaxpr_both))
 
 
 def test_unknown_get_names_the_choices():

@@ -107,7 +107,18 @@ def test_layout_fold_keeps_only_diagonals_before_flatten():
     for name, model in (("flat", flat), ("pooled", pooled)):
         jaxpr = jax.make_jaxpr(lambda a, m=model: m.kernel(a, None))(x)
         peak[name] = max(
-            int(np.prod(v.aval.shape)) for eqn in jaxpr.eqns for v in eqn.outvars
+            int(np.prod(v.aval.shape)) for eqn in _equations(jaxpr.jaxpr)
+            for v in eqn.outvars
         )
     assert peak["flat"] == 2 * 2 * 6 * 6  # (N1, N2, H, W)
     assert peak["pooled"] >= 2 * 2 * 6**4  # (N1, N2, H, H', W, W')
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr, descending into nested (jitted) sub-programs."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)

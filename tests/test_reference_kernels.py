@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from ._reference import FOUNDATION_OPS, KERNELS, kernels, load_cases, missing_classes, ops
+from ._reference import (
+    FOUNDATION_OPS,
+    KERNELS,
+    kernels,
+    load_cases,
+    missing_classes,
+    ops,
+)
 
 CASES = load_cases() if KERNELS.exists() else []
 

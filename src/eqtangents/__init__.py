@@ -1,5 +1,10 @@
 """eqtangents: infinitely wide neural networks on JAX and Equinox."""
 
+from . import predict as predict
+from ._empirical import empirical_kernel as empirical_kernel
+from ._empirical import empirical_nngp as empirical_nngp
+from ._empirical import empirical_ntk as empirical_ntk
+from ._empirical import empirical_ntk_vp as empirical_ntk_vp
 from ._kernel import Kernel as Kernel
 from ._layer import AbstractLayer as AbstractLayer
 from ._layers._activation import AbstractActivation as AbstractActivation
@@ -7,14 +12,47 @@ from ._layers.combinators import FanOut as FanOut
 from ._layers.combinators import Parallel as Parallel
 from ._layers.combinators import Repeat as Repeat
 from ._layers.combinators import Serial as Serial
+from ._layers.conv import Conv as Conv
 from ._layers.dense import Dense as Dense
+from ._layers.dot_general import DotGeneral as DotGeneral
+from ._layers.dropout import Dropout as Dropout
+from ._layers.exponential import Cos as Cos
+from ._layers.exponential import Exp as Exp
+from ._layers.exponential import ExpNormalized as ExpNormalized
+from ._layers.exponential import Rbf as Rbf
+from ._layers.exponential import Sin as Sin
 from ._layers.fan_in import FanInConcat as FanInConcat
 from ._layers.fan_in import FanInProd as FanInProd
 from ._layers.fan_in import FanInSum as FanInSum
 from ._layers.misc import Identity as Identity
-from ._layers.relu import Abs as Abs
+from ._layers.normalization import LayerNorm as LayerNorm
+from ._layers.numerical import Elementwise as Elementwise
+from ._layers.numerical import ElementwiseNumerical as ElementwiseNumerical
+from ._layers.polynomial import Hermite as Hermite
+from ._layers.polynomial import Monomial as Monomial
+from ._layers.polynomial import Polynomial as Polynomial
+from ._layers.polynomial import RectifiedMonomial as RectifiedMonomial
+from ._layers.polynomial import Sign as Sign
+from ._layers.pool import AvgPool as AvgPool
+from ._layers.pool import Flatten as Flatten
+from ._layers.pool import GlobalAvgPool as GlobalAvgPool
+from ._layers.pool import GlobalSumPool as GlobalSumPool
+from ._layers.pool import SumPool as SumPool
 from ._layers.relu import ABRelu as ABRelu
+from ._layers.relu import Abs as Abs
 from ._layers.relu import LeakyRelu as LeakyRelu
 from ._layers.relu import Relu as Relu
+from ._layers.reshape import ImageResize as ImageResize
+from ._layers.reshape import Index as Index
+from ._layers.smooth import Erf as Erf
+from ._layers.smooth import Gabor as Gabor
+from ._layers.smooth import Gaussian as Gaussian
+from ._layers.smooth import Gelu as Gelu
+from ._layers.smooth import SigmoidLike as SigmoidLike
+from ._linearize import Linearized as Linearized
+from ._linearize import TaylorExpanded as TaylorExpanded
+from ._linearize import linearize as linearize
+from ._linearize import taylor_expand as taylor_expand
+from ._monte_carlo import monte_carlo_kernel as monte_carlo_kernel
 
 __version__ = "0.1.0"

@@ -103,17 +103,30 @@ class AbstractLayer(eqx.Module):
                     "`kernel(k, x2)`: when continuing from a `Kernel`, leave `x2` "
                     "as None; the kernel already holds both batches."
                 )
-            k = x1
+            return select(_propagate(self, x1), get)
         else:
             x1, x2 = _check_inputs(self, x1, x2)
             shape = tuple(x1.shape[1:])
             self.output_shape(shape)  # validates the architecture on this input
             full = self.needs_full_spatial(not diagonal_spatial)
             input_full = _any(full) and len(shape) > 1
-            k = kernel_from_inputs(
-                x1, x2, diagonal_spatial=not input_full, compute_ntk="ntk" in names
-            )
-        return select(self.propagate(k), get)
+            k = _kernel_of_inputs(self, x1, x2, not input_full, "ntk" in names)
+        return select(k, get)
+
+
+@eqx.filter_jit
+def _propagate(layer: AbstractLayer, k: Kernel) -> Kernel:
+    return layer.propagate(k)
+
+
+@eqx.filter_jit
+def _kernel_of_inputs(layer, x1, x2, diagonal_spatial: bool, compute_ntk: bool):
+    """Input kernel and propagation, compiled as one program (eager calls would
+    otherwise dispatch, and compile, every operation separately)."""
+    k = kernel_from_inputs(
+        x1, x2, diagonal_spatial=diagonal_spatial, compute_ntk=compute_ntk
+    )
+    return layer.propagate(k)
 
 
 def _any(layout: Layout) -> bool:

@@ -1,0 +1,199 @@
+"""Empirical-NTK workloads: seconds and peak memory of each implementation.
+
+Prints one JSON line per (workload, implementation):
+
+    {"workload": "empirical_fc", "library": "eqtangents",
+     "implementation": "structured_derivatives", "seconds": ...,
+     "first_call_seconds": ..., "peak_memory_mb": ...}
+
+- `empirical_fc`: Dense(512)-Relu-Dense(512)-Relu-Dense(10) on 128 inputs of
+  size 784, float32, the full NTK (no trace: all output pairs kept).
+- `empirical_cnn`: Conv(32, 3x3, SAME)-Relu-Conv(32, 3x3, SAME)-Relu-Flatten-
+  Dense(10) on 32 images of 3 x 16 x 16, float32, no trace.
+
+Each measurement runs in a fresh process so that its peak memory (the device's
+peak bytes in use where JAX reports it, the process's peak resident memory on
+CPU) is its own. `--library nt` runs the same workloads with Neural Tangents
+0.6.5 (channels last), in an environment with `neural-tangents==0.6.5` and
+`jax==0.4.23`.
+
+    python benchmarks/empirical_ntk.py [--library nt] [--workload empirical_fc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+IMPLEMENTATIONS = (
+    "jacobian_contraction",
+    "ntk_vector_products",
+    "structured_derivatives",
+    "auto",
+)
+NT_CODES = {
+    "jacobian_contraction": 1,
+    "ntk_vector_products": 2,
+    "structured_derivatives": 3,
+    "auto": 0,
+}
+WORKLOADS = ("empirical_fc", "empirical_cnn")
+
+
+def _inputs(workload):
+    import jax
+
+    key = jax.random.PRNGKey(0)
+    if workload == "empirical_fc":
+        return jax.random.normal(key, (128, 784), dtype="float32")
+    return jax.random.normal(key, (32, 3, 16, 16), dtype="float32")
+
+
+def _eqtangents(workload, implementation):
+    import equinox as eqx
+    import jax
+
+    import eqtangents as et
+
+    x = _inputs(workload)
+    if workload == "empirical_fc":
+        model = et.Serial(
+            et.Dense(512), et.Relu(), et.Dense(512), et.Relu(), et.Dense(10)
+        )
+    else:
+        model = et.Serial(
+            et.Conv(32, (3, 3), padding="SAME"),
+            et.Relu(),
+            et.Conv(32, (3, 3), padding="SAME"),
+            et.Relu(),
+            et.Flatten(),
+            et.Dense(10),
+        )
+    net = model.init(jax.random.PRNGKey(1), x.shape[1:])
+
+    @eqx.filter_jit
+    def ntk(net, x):
+        return et.empirical_ntk(
+            net, x, None, trace_axes=(), implementation=implementation
+        )
+
+    return lambda: ntk(net, x)
+
+
+def _neural_tangents(workload, implementation):
+    import jax
+    import neural_tangents as nt
+    from neural_tangents import stax
+
+    x = _inputs(workload)
+    if workload == "empirical_fc":
+        init_fn, apply_fn, _ = stax.serial(
+            stax.Dense(512), stax.Relu(), stax.Dense(512), stax.Relu(), stax.Dense(10)
+        )
+    else:
+        x = x.transpose(0, 2, 3, 1)  # NT is channels last
+        init_fn, apply_fn, _ = stax.serial(
+            stax.Conv(32, (3, 3), padding="SAME"),
+            stax.Relu(),
+            stax.Conv(32, (3, 3), padding="SAME"),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(10),
+        )
+    _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+    ntk_fn = jax.jit(
+        nt.empirical_ntk_fn(
+            apply_fn,
+            trace_axes=(),
+            vmap_axes=0,
+            implementation=NT_CODES[implementation],
+        )
+    )
+    return lambda: ntk_fn(x, None, params)
+
+
+def _peak_memory_mb() -> float:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_kb / 1024
+
+
+def measure(library, workload, implementation, repeats):
+    make = _eqtangents if library == "eqtangents" else _neural_tangents
+    run = make(workload, implementation)
+    start = time.perf_counter()
+    run().block_until_ready()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run().block_until_ready()
+        times.append(time.perf_counter() - start)
+    return {
+        "workload": workload,
+        "library": library,
+        "implementation": implementation,
+        "seconds": statistics.median(times),
+        "first_call_seconds": first,
+        "peak_memory_mb": _peak_memory_mb(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--library", choices=("eqtangents", "nt"), default="eqtangents")
+    parser.add_argument("--workload", choices=WORKLOADS + ("all",), default="all")
+    parser.add_argument(
+        "--implementation", choices=IMPLEMENTATIONS + ("all",), default="all"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workloads = WORKLOADS if args.workload == "all" else (args.workload,)
+    implementations = (
+        IMPLEMENTATIONS if args.implementation == "all" else (args.implementation,)
+    )
+    if args.in_process:
+        (workload,), (implementation,) = workloads, implementations
+        print(json.dumps(measure(args.library, workload, implementation, args.repeats)))
+        return
+    for workload in workloads:
+        for implementation in implementations:
+            command = [
+                sys.executable,
+                __file__,
+                "--in-process",
+                f"--library={args.library}",
+                f"--workload={workload}",
+                f"--implementation={implementation}",
+                f"--repeats={args.repeats}",
+            ]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines()
+                errors = [line for line in lines if "Error" in line] or ["failed"]
+                print(
+                    json.dumps(
+                        {
+                            "workload": workload,
+                            "library": args.library,
+                            "implementation": implementation,
+                            "error": errors[-1],
+                        }
+                    )
+                )
+            else:
+                print(done.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
