@@ -186,9 +186,9 @@ def test_softsign_converged():
 def test_network_transforms_at_extreme_correlations():
     """A network with `Elementwise(abs)` whose second batch holds the first, its
     negation and other inputs (b_std = 0 before the activation, so it sees
-    rho = +-1 as well as inner correlations): under jit, vmap over `W_std` and
-    grad, the kernels and the gradient of the NTK are finite and equal those of
-    `et.Abs`; float32 inputs give float32 kernels close to them."""
+    rho = +-1 as well as inner correlations): under jit and grad, the kernels
+    and the gradient of the NTK in `W_std` are finite and equal those of
+    `et.Abs`; in float32 and under vmap over `W_std`, close to them."""
     rng = np.random.default_rng(0)
     x1 = jnp.asarray(rng.normal(size=(3, 5)))
     x2 = jnp.concatenate([x1, -x1, jnp.asarray(rng.normal(size=(2, 5)))])
@@ -202,16 +202,22 @@ def test_network_transforms_at_extreme_correlations():
             k = model(act, w).kernel(x1, x2)
             return jnp.sum(k.ntk), k
 
-        return jax.vmap(jax.value_and_grad(loss, has_aux=True))(jnp.array([0.5, 1.3]))
+        return jax.value_and_grad(loss, has_aux=True)(1.3)
 
     ours, exact = run(et.Elementwise(jnp.abs)), run(et.Abs())
     for value, reference in zip(jax.tree.leaves(ours), jax.tree.leaves(exact)):
         assert np.all(np.isfinite(value))
         np.testing.assert_allclose(value, reference, rtol=1e-12)
-    single = eqx.filter_jit(model(et.Elementwise(jnp.abs), 1.3).kernel)(
-        x1.astype(jnp.float32), x2.astype(jnp.float32)
+
+    @eqx.filter_jit
+    def batched(act, x1, x2):
+        ws = jnp.array([0.5, 1.3], x1.dtype)
+        return jax.vmap(lambda w: model(act, w).kernel(x1, x2))(ws)
+
+    single = batched(
+        et.Elementwise(jnp.abs), x1.astype(jnp.float32), x2.astype(jnp.float32)
     )
-    double = model(et.Abs(), 1.3).kernel(x1, x2)
+    double = batched(et.Abs(), x1, x2)
     assert single.nngp.dtype == jnp.float32 and single.ntk.dtype == jnp.float32
     np.testing.assert_allclose(single.nngp, double.nngp, rtol=1e-5)
     np.testing.assert_allclose(single.ntk, double.ntk, rtol=1e-5)
@@ -242,10 +248,11 @@ def test_gradients_and_blocks(name):
     r"""Values and gradients of $T$ in $(c_{12}, v_1, v_2)$ against the closed
     forms, for erf on 720 random entries (variances 0.2..1: more than one block
     of 682 entries, so `lax.map` with checkpoints and padding is used), and for
-    both on special points: inside the cone (1e-10, also for $|\rho| = 0.99$), near its boundary
-    (1e-6 of the gradient's norm at $|\rho| = 1 - 10^{-6}$), and on it
-    ($\rho = \pm 1$, zero variance), where gradients are finite and the
-    derivative along the feasible ray $\lambda (c_{12}, v_1, v_2)$ matches."""
+    both on special points: inside the cone (1e-10, also at $|\rho| = 0.99$),
+    near its boundary (1e-6 of the gradient's norm at $|\rho| = 1 - 10^{-6}$),
+    and on it ($\rho = \pm 1$, zero variance), where gradients are finite and
+    the derivative along the feasible ray $\lambda (c_{12}, v_1, v_2)$
+    matches."""
     closed, fn = {**HOMOGENEOUS, **SMOOTH}[name]
     rng = np.random.default_rng(2)
     n_random = 720 if name == "Erf" else 0
@@ -330,7 +337,9 @@ def test_elementwise_numerical_options():
     exact = kernels(et.Sin())
     for name in ("nngp", "ntk"):
         assert np.all(np.isfinite(getattr(auto, name)))
-        np.testing.assert_allclose(getattr(auto, name), getattr(given, name), rtol=1e-14)
+        np.testing.assert_allclose(
+            getattr(auto, name), getattr(given, name), rtol=1e-14
+        )
         np.testing.assert_allclose(
             getattr(auto, name), getattr(exact, name), rtol=1e-10, atol=1e-14
         )
@@ -388,7 +397,9 @@ def test_monte_carlo_x_tanh_x():
 
     def model(act, width=512):
         return et.Serial(
-            et.Dense(width, W_std=1.5, b_std=0.3), act, et.Dense(4, W_std=1.2, b_std=0.2)
+            et.Dense(width, W_std=1.5, b_std=0.3),
+            act,
+            et.Dense(4, W_std=1.2, b_std=0.2),
         )
 
     act = et.Elementwise(x_tanh_x)

@@ -191,8 +191,10 @@ def polar_expectations(
         # A zero variance is replaced by a vanishing one, so that f is evaluated
         # on both sides of 0 as in the limit (ReLU's derivative averages to 1/2).
         floor = float(np.sqrt(np.finfo(dtype).tiny))
-        x = (jnp.maximum(safe_sqrt(v1), floor)[:, None] * jnp.cos(t))[:, :, None] * r
-        y = (jnp.maximum(safe_sqrt(v2), floor)[:, None] * jnp.cos(t - theta))[:, :, None] * r
+        scale1 = jnp.maximum(safe_sqrt(v1), floor)[:, None]
+        scale2 = jnp.maximum(safe_sqrt(v2), floor)[:, None]
+        x = (scale1 * jnp.cos(t))[:, :, None] * r
+        y = (scale2 * jnp.cos(t - theta))[:, :, None] * r
         return tuple(jnp.sum(weights * f(x) * f(y), axis=(1, 2)) for f in fns)
 
     n_points = 4 * angle_order * radius_order
@@ -321,18 +323,18 @@ class Elementwise(AbstractActivation):
       ($e^x$: $10^{-9}$ at variance 3, $10^{-1}$ at 10). Prefer a closed-form
       layer there.
 
-    Each kernel entry costs 3072 evaluations of $\phi$ (and as many of
+    Each kernel entry costs 6144 evaluations of $\phi$ (and as many of
     $\phi'$ for the NTK), against 650 for the `deg=25` rule of
     `ElementwiseNumerical`; prefer a closed-form layer where one exists.
     Values and gradients are finite everywhere, at $\rho = \pm 1$ and at zero
     variance included; a zero variance is taken as the limit of vanishing ones
-    (so ReLU's $\phi'(0)$ counts as $1/2$, as in `et.Relu`). Gradients with respect to $(c_{12}, v_1, v_2)$ are those of the
-    rule, as accurate as the values for $|\rho| \le 0.99$; closer to
-    $\rho = \pm 1$ the derivative of $\arccos\rho$ amplifies the quadrature
-    error (to about $10^{-7}$ of the gradient at $|\rho| = 1 - 10^{-6}$ for
-    erf at variance 2), and on the boundary $|\rho| = 1$ only derivatives
-    along directions that stay in the PSD cone are meaningful (they are
-    exact).
+    (so ReLU's $\phi'(0)$ counts as $1/2$, as in `et.Relu`). Gradients with
+    respect to $(c_{12}, v_1, v_2)$ are those of the rule, as accurate as the
+    values for $|\rho| \le 0.99$; closer to $\rho = \pm 1$ the derivative of
+    $\arccos\rho$ amplifies the quadrature error (to about $10^{-7}$ of the
+    gradient at $|\rho| = 1 - 10^{-6}$ for erf at variance 2). On the boundary
+    $|\rho| = 1$ only derivatives along directions that stay in the PSD cone
+    are meaningful, and they match the closed forms.
 
     **Arguments:**
 
@@ -404,4 +406,3 @@ class Elementwise(AbstractActivation):
                 d_fn = jax.grad(self.nngp_fn)
             dot = jnp.vectorize(d_fn)(c12, v1, v2).astype(c12.dtype)
         return nngp, dot
-
