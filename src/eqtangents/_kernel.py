@@ -227,10 +227,13 @@ def parse_get(get: Get) -> tuple[tuple[str, ...], bool]:
     return names, single
 
 
-def select(k: Kernel, get: Get):
-    """Returns what `get` asks for: the `Kernel`, one array, or a named tuple."""
+def select(k: Kernel | tuple, get: Get):
+    """Returns what `get` asks for: the `Kernel`, one array, or a named tuple
+    (for a multi-output network, a tuple of these, one per branch)."""
     if get is None:
         return k
+    if isinstance(k, tuple):
+        return tuple(select(branch, get) for branch in k)
     names, single = parse_get(get)
     if single:
         return getattr(k, names[0])
