@@ -323,9 +323,9 @@ def test_recognised_layers_are_structured(name):
 
 
 AXES = [
-    ((1,), (0,)),
-    ((), (-1,)),
-    ((0, -1), ()),
+    ((1,), (0,)),  # the channel traced, the batch diagonal
+    ((), (-1,)),  # every pair of channels, the last axis diagonal
+    ((0, -1), ()),  # the first and last axes traced
 ]
 
 

@@ -239,7 +239,8 @@ DIAGONAL_OK = {
 
 def test_diagonal_layout_matches_full():
     """Layers that need only the spatial diagonal give the diagonal of the full
-    computation (`x2=None` for Dropout in `test_dropout_scales_...`)."""
+    computation. (Dropout with `x2=None` is checked in both layouts by
+    `test_dropout_scales_exactly_the_shared_entries`.)"""
     x1, x2 = _inputs((2, 3, 4), n1=2, n2=3, seed=6)
     model = et.Serial(
         et.Conv(8, 1, W_std=1.2, b_std=0.2),
@@ -279,7 +280,9 @@ def test_dropout_scales_exactly_the_shared_entries():
     # With only the spatial diagonal stored, every stored entry is shared.
     kd0 = _jit_kernel(base, x1, diagonal_spatial=True)
     kd = et.Dropout(0.25).propagate(kd0)
-    np.testing.assert_allclose(kd.nngp, kd0.nngp * (1 + 3 * eye_n[:, :, :, :, 0, 0]))
+    np.testing.assert_allclose(
+        kd.nngp, kd0.nngp * (1 + 3 * eye_n[..., 0, 0]), rtol=1e-14
+    )
     np.testing.assert_allclose(kd.cov1, 4 * kd0.cov1, rtol=1e-14)
     np.testing.assert_allclose(kd.nngp, spatial_diagonal(k.nngp, 2), rtol=1e-14)
     k2 = _jit_kernel(base, x1, x1 + 0.0)

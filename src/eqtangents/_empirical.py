@@ -14,9 +14,11 @@ divided by their size), `diagonal_axes` are kept once, the other axes twice
 - `"jacobian_contraction"`: both Jacobians by reverse mode, then contracted;
 - `"ntk_vector_products"`: columns of the NTK as vector-Jacobian products
   followed by Jacobian-vector products, without a Jacobian in memory;
-- `"structured_derivatives"`: dense and convolutional layers contribute the
-  product of their input and output-cotangent Gram matrices (see
-  `_structured.py`); other parameters are contracted as in the first method;
+- `"structured_derivatives"`: dense and convolutional layers (`et.Dense`,
+  `et.Conv`, `equinox.nn.Linear`, `equinox.nn.Conv`) contribute the product of
+  the Gram matrices of their inputs and of their output cotangents, without
+  forming their Jacobians; other parameters are contracted as in the first
+  method;
 - `"auto"`: the cheapest of the three by a FLOP count made from the shapes.
 """
 
@@ -25,23 +27,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._empirical_common import (
     Layout,
     Problem,
-    apply,
     contract,
     forward,
     make_layout,
     make_problem,
-    map_examples,
-    output_basis,
-    value_and_jacobian,
 )
+from ._jacobian import jacobian_contraction, ntk_vector_products
 from ._kernel import _NAMED_TUPLES as NAMED_TUPLES
 from ._kernel import Get, parse_get
 from ._structured import Plan, make_plan, site_cost, structured_ntk
@@ -55,7 +52,6 @@ _IMPLEMENTATIONS = (
     "ntk_vector_products",
     "structured_derivatives",
 )
-_NVP_BYTES = 1 << 28  # tangents held at once by NTK-vector products
 
 Axes = int | Sequence[int]
 
@@ -68,127 +64,6 @@ def _nngp(layouts: list[Layout], out1: list, out2: list) -> list:
         contract(layout, a, 0, b) / layout.scale
         for layout, a, b in zip(layouts, out1, out2)
     ]
-
-
-# ------------------------------------------------------- Jacobian contraction
-
-
-def _jacobians(problem: Problem, x, kw):
-    def one(xi, kwi):
-        return value_and_jacobian(
-            lambda p: apply(problem.rest, p, xi, kwi), problem.params
-        )
-
-    if problem.per_example:
-        return map_examples(one, x, kw)
-    return one(x, kw)
-
-
-def _jacobian_contraction(problem: Problem, layouts: list[Layout]):
-    out1, jac1 = _jacobians(problem, problem.x1, problem.kw1)
-    out2, jac2 = (
-        (out1, jac1) if problem.same else _jacobians(problem, problem.x2, problem.kw2)
-    )
-    ntks = []
-    for layout, a, b, ja, jb in zip(layouts, out1, out2, jac1, jac2):
-        terms = [
-            contract(layout, j1, j1.ndim - a.ndim, j2)
-            for j1, j2 in zip(jax.tree.leaves(ja), jax.tree.leaves(jb))
-        ]
-        ntks.append(_sum(terms, layout, a, b) / layout.scale)
-    return out1, out2, ntks
-
-
-def _sum(terms, layout, a, b):
-    if not terms:  # no parameters: the NTK vanishes
-        return contract(layout, a, 0, b) * 0
-    return sum(terms[1:], terms[0])
-
-
-# ---------------------------------------------------- NTK-vector products
-
-
-def _columns(problem: Problem, f1_jvp, x2, kw2):
-    """Blocks `(*out2_i, *out1_i)` of the NTK for one example (or batch) of x2."""
-
-    def f2(p):
-        return jax.tree.leaves(apply(problem.rest, p, x2, kw2))
-
-    out2, vjp2 = jax.vjp(f2, problem.params)
-    basis, sizes, offsets = output_basis(out2)
-
-    def column(ct):
-        (tangent,) = vjp2(ct)
-        return jax.tree.leaves(f1_jvp(tangent))
-
-    cols = jax.vmap(column)(basis)
-    return [
-        col[o : o + s].reshape(b.shape + col.shape[1:])
-        for col, b, s, o in zip(cols, out2, sizes, offsets)
-    ]
-
-
-def _map_batched(fn, xs, item_bytes: int):
-    n = jax.tree.leaves(xs)[0].shape[0]
-    size = max(1, min(n, _NVP_BYTES // max(item_bytes, 1)))
-    return jax.lax.map(lambda args: fn(*args), xs, batch_size=size)
-
-
-def _ntk_vector_products(problem: Problem, layouts: list[Layout]):
-    params, rest = problem.params, problem.rest
-    out1 = jax.tree.leaves(forward(problem, params, problem.x1, problem.kw1))
-    out2 = (
-        out1
-        if problem.same
-        else jax.tree.leaves(forward(problem, params, problem.x2, problem.kw2))
-    )
-    per_param = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
-    if problem.per_example and all(layout.paired for layout in layouts):
-        # Only the pairs (x1[n], x2[n]) are needed.
-        outputs = sum(b[0].size for b in out2)
-
-        def pair(x1, d1, x2, d2):
-            f1 = lambda p: apply(rest, p, x1, d1)  # noqa: E731
-            _, f1_jvp = jax.linearize(f1, params)
-            return _columns(problem, f1_jvp, x2, d2)
-
-        d1, s1 = _split(problem.kw1)
-        d2, s2 = _split(problem.kw2)
-        blocks = _map_batched(
-            lambda a, b, c, d: pair(a, _join(b, s1), c, _join(d, s2)),
-            (problem.x1, d1, problem.x2, d2),
-            outputs * per_param,
-        )
-        kernels = [
-            jnp.einsum(k, [ly.l1[0]] + ly.l2[1:] + ly.l1[1:], ly.out)
-            for k, ly in zip(blocks, layouts)
-        ]
-    else:
-        _, f1_jvp = jax.linearize(
-            lambda p: forward(problem, p, problem.x1, problem.kw1), params
-        )
-        if problem.per_example:
-            outputs = sum(b[0].size for b in out2)
-            d2, s2 = _split(problem.kw2)
-            blocks = _map_batched(
-                lambda x, d: _columns(problem, f1_jvp, x, _join(d, s2)),
-                (problem.x2, d2),
-                outputs * per_param,
-            )
-        else:
-            blocks = _columns(problem, f1_jvp, problem.x2, problem.kw2)
-        kernels = [
-            jnp.einsum(k, ly.l2 + ly.l1, ly.out) for k, ly in zip(blocks, layouts)
-        ]
-    return out1, out2, [k / ly.scale for k, ly in zip(kernels, layouts)]
-
-
-def _split(kw):
-    return eqx.partition(kw, eqx.is_array)
-
-
-def _join(dynamic, static):
-    return eqx.combine(dynamic, static)
 
 
 # ------------------------------------------------------------------ choosing
@@ -272,9 +147,9 @@ def _kernels(problem: Problem, names, trace_axes, diagonal_axes, implementation,
                 problem, layouts, leaves1, leaves2, plan
             )
         if implementation == "jacobian_contraction":
-            out1, out2, ntks = _jacobian_contraction(problem, layouts)
+            out1, out2, ntks = jacobian_contraction(problem, layouts)
         elif implementation == "ntk_vector_products":
-            out1, out2, ntks = _ntk_vector_products(problem, layouts)
+            out1, out2, ntks = ntk_vector_products(problem, layouts)
         else:
             out1, out2, ntks = structured_ntk(problem, plan, layouts)
         result["ntk"] = jax.tree.unflatten(treedef, ntks)
@@ -398,10 +273,24 @@ def empirical_ntk(
     call_kwargs: dict | None = None,
     call_kwargs2: dict | None = None,
 ):
-    r"""Empirical NTK $\Theta = \sum_\theta \partial_\theta f(x_1)\,
-    \partial_\theta f(x_2)$ of `model` at its current parameters.
+    r"""Empirical NTK of `model` at its current parameters.
 
-    Same arguments and output shapes as `et.empirical_kernel(..., get="ntk")`.
+    $$\Theta(x_1, x_2) = \frac{1}{|T|}\sum_{t \in T}\sum_\theta
+      \partial_\theta f(x_1)_t\, \partial_\theta f(x_2)_t.$$
+
+    **Arguments:**
+
+    As `et.empirical_kernel` (without `get`).
+
+    **Returns:**
+
+    The NTK, one per output of the model, shaped as in `et.empirical_kernel`.
+
+    **Example:**
+
+    ```python
+    ntk = et.empirical_ntk(net, x_train, None, implementation="structured_derivatives")
+    ```
     """
     return empirical_kernel(
         model,
@@ -431,9 +320,18 @@ def empirical_nngp(
     call_kwargs: dict | None = None,
     call_kwargs2: dict | None = None,
 ):
-    r"""Empirical NNGP $f(x_1) f(x_2)^\top$, averaged over `trace_axes`.
+    r"""Empirical NNGP of `model`: products of outputs, averaged over `trace_axes`.
 
-    Same arguments and output shapes as `et.empirical_kernel(..., get="nngp")`.
+    $$K(x_1, x_2) = \frac{1}{|T|}\sum_{t \in T} f(x_1)_t\, f(x_2)_t.$$
+
+    **Arguments:**
+
+    As `et.empirical_kernel` (without `get`, `implementation` and
+    `filter_spec`, which only matter for the NTK).
+
+    **Returns:**
+
+    The NNGP, one per output of the model, shaped as in `et.empirical_kernel`.
     """
     return empirical_kernel(
         model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -116,8 +117,6 @@ def batch_size(x: Any) -> int:
 
 def accepts_key(model: Any) -> bool:
     """Whether `model.__call__` takes a `key` keyword (or `**kwargs`)."""
-    import inspect
-
     try:
         signature = inspect.signature(model)
     except (TypeError, ValueError):
