@@ -24,11 +24,19 @@ def safe_divide(num: ArrayLike, den: ArrayLike, default: float = 0.0) -> Array:
 def correlation(c12: Array, v1: Array, v2: Array) -> tuple[Array, Array]:
     r"""Returns $\rho = c_{12}/\sqrt{v_1 v_2}$ clipped to $[-1, 1]$ and $\sqrt{v_1 v_2}$.
 
-    Where a variance is zero the correlation is defined as 0.
+    Where a variance is zero the correlation is defined as 0. A correlation
+    within a few rounding errors of $\pm 1$ is taken as exactly $\pm 1$: two
+    equal inputs reach here as $1 - \epsilon$ when their covariance and their
+    variances were summed in different orders, and the arc-cosine turns that
+    $\epsilon$ into an error of $\sqrt{2 \epsilon} \approx 10^{-8}$ (in float64).
+    The snap is invisible to derivatives, which stay those of the unsnapped
+    $\rho$.
     """
     prod = safe_sqrt(v1 * v2)
     rho = jnp.clip(safe_divide(c12, prod), -1, 1)
-    return rho, prod
+    tol = 8 * jnp.finfo(rho.dtype).eps
+    snapped = jnp.where(jnp.abs(rho) > 1 - tol, jnp.sign(rho), rho)
+    return rho + jax.lax.stop_gradient(snapped - rho), prod
 
 
 @jax.custom_jvp
