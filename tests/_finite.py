@@ -13,8 +13,9 @@ def finite_kernels(model, x1, x2, key, n_samples: int, *, ntk=True, batch: int =
     """Mean over `n_samples` initialisations of the empirical NNGP and NTK.
 
     Returns `(nngp, ntk, nngp_se)`: the two means, shaped `(N1, N2)`, and the
-    standard error of the NNGP mean (`ntk` is None unless asked). Outputs must be flat `(out,)`; products are
-    averaged over output units, as the infinite-width kernel is per unit.
+    standard error of the NNGP mean (`ntk` is None unless asked). Outputs must
+    be flat `(out,)`; products are averaged over output units, as the
+    infinite-width kernel is per unit.
     """
     shape = tuple(x1.shape[1:])
 
@@ -32,11 +33,17 @@ def finite_kernels(model, x1, x2, key, n_samples: int, *, ntk=True, batch: int =
             return nngp, jnp.zeros(())
         j1 = jax.jacobian(f)(params, x1)
         j2 = jax.jacobian(f)(params, x2)
-        ntk_ = sum(
-            jnp.einsum("aoP,boP->ab", a.reshape(a.shape[:2] + (-1,)),
-                       b.reshape(b.shape[:2] + (-1,)))
-            for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2))
-        ) / out
+        ntk_ = (
+            sum(
+                jnp.einsum(
+                    "aoP,boP->ab",
+                    a.reshape(a.shape[:2] + (-1,)),
+                    b.reshape(b.shape[:2] + (-1,)),
+                )
+                for a, b in zip(jax.tree.leaves(j1), jax.tree.leaves(j2))
+            )
+            / out
+        )
         return nngp, ntk_
 
     keys = jax.random.split(key, n_samples)

@@ -21,7 +21,9 @@ def build_model(arch: str, depth: int, W_std: float, b_std: float):
     import eqtangents as et
 
     if arch == "fc":
-        hidden = [et.Serial(et.Dense(512, W_std, b_std), et.Relu()) for _ in range(depth)]
+        hidden = [
+            et.Serial(et.Dense(512, W_std, b_std), et.Relu()) for _ in range(depth)
+        ]
         return et.Serial(*hidden, et.Dense(10, W_std, b_std))
     if arch == "cnn":
         hidden = [
@@ -40,7 +42,9 @@ def kernel_in_blocks(kernel_fn, x1, x2, batch_size: int):
     """
     x2 = x1 if x2 is None else x2
     n = len(x1)
-    padded = jnp.concatenate([x1, jnp.zeros((-n % batch_size,) + x1.shape[1:], x1.dtype)])
+    padded = jnp.concatenate(
+        [x1, jnp.zeros((-n % batch_size,) + x1.shape[1:], x1.dtype)]
+    )
     rows = [kernel_fn(padded[i : i + batch_size], x2) for i in range(0, n, batch_size)]
     joined = rows[0]._replace(
         nngp=jnp.concatenate([r.nngp for r in rows])[:n],
@@ -54,18 +58,31 @@ def main(argv=None) -> dict:
         prog="python -m eqtangents",
         description=__doc__.split("\n\n")[0].replace("`python -m eqtangents`: ", ""),
     )
-    parser.add_argument("--arch", choices=["fc", "cnn"], default="fc",
-                        help="fully connected (default) or convolutional network")
+    parser.add_argument(
+        "--arch",
+        choices=["fc", "cnn"],
+        default="fc",
+        help="fully connected (default) or convolutional network",
+    )
     parser.add_argument("--depth", type=int, default=3, help="hidden layers (3)")
-    parser.add_argument("--n-train", type=int, default=1000,
-                        help="training images (1000 of 1797)")
+    parser.add_argument(
+        "--n-train", type=int, default=1000, help="training images (1000 of 1797)"
+    )
     parser.add_argument("--n-test", type=int, default=797, help="test images (797)")
     parser.add_argument("--W-std", type=float, default=1.5, help="weight std (1.5)")
     parser.add_argument("--b-std", type=float, default=0.05, help="bias std (0.05)")
-    parser.add_argument("--diag-reg", type=float, default=1e-4,
-                        help="ridge, relative to the mean kernel diagonal (1e-4)")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="rows of the kernel computed at once (256)")
+    parser.add_argument(
+        "--diag-reg",
+        type=float,
+        default=1e-4,
+        help="ridge, relative to the mean kernel diagonal (1e-4)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="rows of the kernel computed at once (256)",
+    )
     parser.add_argument("--float64", action="store_true", help="compute in float64")
     parser.add_argument("--seed", type=int, default=0, help="split seed (0)")
     args = parser.parse_args(argv)  # fmt: skip
@@ -79,7 +96,10 @@ def main(argv=None) -> dict:
     if args.n_train + args.n_test > len(images) or min(args.n_train, args.n_test) < 1:
         parser.error(f"need 1 <= n-train + n-test <= {len(images)}")
     order = np.random.default_rng(args.seed).permutation(len(images))
-    train, test = order[: args.n_train], order[args.n_train : args.n_train + args.n_test]
+    train, test = (
+        order[: args.n_train],
+        order[args.n_train : args.n_train + args.n_test],
+    )
     if args.arch == "fc":
         images = images.reshape(len(images), -1)  # flat vectors (64,)
     x = images - images[train].mean()

@@ -22,7 +22,7 @@ def safe_divide(num: ArrayLike, den: ArrayLike, default: float = 0.0) -> Array:
 
 
 def correlation(c12: Array, v1: Array, v2: Array) -> tuple[Array, Array]:
-    r"""Returns $\rho = c_{12}/\sqrt{v_1 v_2}$ clipped to $[-1, 1]$ and $\sqrt{v_1 v_2}$.
+    r"""$\rho = c_{12}/\sqrt{v_1 v_2}$ clipped to $[-1, 1]$, and $\sqrt{v_1 v_2}$.
 
     Where a variance is zero the correlation is defined as 0. A correlation
     within a few rounding errors of $\pm 1$ is taken as exactly $\pm 1$: two

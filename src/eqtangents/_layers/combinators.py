@@ -48,7 +48,9 @@ class Serial(AbstractLayer):
 
     def init(self, key: PRNGKeyArray, input_shape) -> Serial:
         layers = []
-        for layer, k in zip(self.layers, jax.random.split(key, max(len(self.layers), 1))):
+        for layer, k in zip(
+            self.layers, jax.random.split(key, max(len(self.layers), 1))
+        ):
             layers.append(layer.init(k, input_shape))
             input_shape = layer.output_shape(input_shape)
         return eqx.tree_at(lambda s: s.layers, self, tuple(layers))

@@ -60,7 +60,8 @@ class Dense(AbstractLayer):
     ):
         if not isinstance(out_features, int) or out_features <= 0:
             raise ValueError(
-                f"Dense: `out_features` must be a positive integer, got {out_features!r}."
+                "Dense: `out_features` must be a positive integer, got "
+                f"{out_features!r}."
             )
         check_parameterization("Dense", parameterization)
         self.out_features = out_features
