@@ -24,6 +24,7 @@ from ._layers.exponential import Sin as Sin
 from ._layers.fan_in import FanInConcat as FanInConcat
 from ._layers.fan_in import FanInProd as FanInProd
 from ._layers.fan_in import FanInSum as FanInSum
+from ._layers.graph import Aggregate as Aggregate
 from ._layers.misc import Identity as Identity
 from ._layers.normalization import LayerNorm as LayerNorm
 from ._layers.numerical import Elementwise as Elementwise

@@ -24,7 +24,7 @@ import collections
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Shaped
 
 _KINDS = ("nngp", "ntk")
 Get = None | str | tuple[str, ...]
@@ -48,6 +48,8 @@ class Kernel(eqx.Module):
     - `is_input`: whether no layer has been applied yet.
     - `mask1`, `mask2`: optional boolean masks of padded positions,
       `(N, *spatial)`; `True` marks a position to ignore.
+    - `pattern1`, `pattern2`: optional graph adjacencies of the examples of
+      each batch (dense or edge lists), read by `et.Aggregate`.
     """
 
     nngp: Float[Array, "n1 n2 *s"]
@@ -61,6 +63,8 @@ class Kernel(eqx.Module):
     is_input: bool = eqx.field(static=True)
     mask1: Bool[Array, "n1 *spatial"] | None = None
     mask2: Bool[Array, "n2 *spatial"] | None = None
+    pattern1: Shaped[Array, "n1 ..."] | None = None
+    pattern2: Shaped[Array, "n2 ..."] | None = None
 
     @property
     def n_spatial(self) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -35,7 +35,14 @@ class AbstractLayer(eqx.Module):
       full spatial covariances so that its output has the requested layout.
 
     The entry point `kernel(x1, x2=None, get=None)` is shared by all layers.
+
+    Call-time keywords other than `key` (a graph's `pattern`, say) are named in
+    `call_keywords`; combinators pass each layer the ones it names and ignore
+    the rest, as Neural Tangents' `apply_fn` does.
     """
+
+    call_keywords: ClassVar[frozenset[str]] = frozenset()
+    """Call-time keywords `__call__` takes besides `key`."""
 
     @abc.abstractmethod
     def __call__(self, x: Any, *, key: PRNGKeyArray | None = None) -> Any:
@@ -71,6 +78,7 @@ class AbstractLayer(eqx.Module):
         get: Get = None,
         *,
         diagonal_spatial: bool = False,
+        pattern: tuple | None = None,
     ):
         r"""NNGP and NTK kernels of the infinitely wide network at `x1`, `x2`.
 
@@ -83,6 +91,10 @@ class AbstractLayer(eqx.Module):
           a tuple of names for a named tuple. The NTK is only computed if asked.
         - `diagonal_spatial`: for networks whose outputs keep spatial axes,
           return only the spatial diagonal of the covariances.
+        - `pattern`: for graph networks, `(pattern1, pattern2)`, the adjacencies
+          of the examples of `x1` and of `x2` read by every `et.Aggregate` layer
+          (either may be `None`: no aggregation on that side; with `x2=None`,
+          give `(pattern1, None)`).
 
         **Returns:**
 
@@ -106,11 +118,14 @@ class AbstractLayer(eqx.Module):
             return select(_propagate(self, x1), get)
         else:
             x1, x2 = _check_inputs(self, x1, x2)
+            patterns = _check_pattern(self, pattern, x1, x2)
             shape = tuple(x1.shape[1:])
             self.output_shape(shape)  # validates the architecture on this input
             full = self.needs_full_spatial(not diagonal_spatial)
             input_full = _any(full) and len(shape) > 1
-            k = _kernel_of_inputs(self, x1, x2, not input_full, "ntk" in names)
+            k = _kernel_of_inputs(
+                self, x1, x2, patterns, not input_full, "ntk" in names
+            )
         return select(k, get)
 
 
@@ -120,13 +135,58 @@ def _propagate(layer: AbstractLayer, k: Kernel) -> Kernel:
 
 
 @eqx.filter_jit
-def _kernel_of_inputs(layer, x1, x2, diagonal_spatial: bool, compute_ntk: bool):
+def _kernel_of_inputs(
+    layer, x1, x2, patterns, diagonal_spatial: bool, compute_ntk: bool
+):
     """Input kernel and propagation, compiled as one program (eager calls would
     otherwise dispatch, and compile, every operation separately)."""
     k = kernel_from_inputs(
         x1, x2, diagonal_spatial=diagonal_spatial, compute_ntk=compute_ntk
     )
+    if patterns is not None:
+        k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
     return layer.propagate(k)
+
+
+def _check_pattern(layer, pattern, x1, x2):
+    """`(pattern1, pattern2)` as arrays (or `None`s), batch sizes checked."""
+    if pattern is None:
+        return None
+    if not isinstance(pattern, (tuple, list)) or len(pattern) != 2:
+        raise ValueError(
+            f"{type(layer).__name__}.kernel: `pattern` must be a pair "
+            "`(pattern1, pattern2)`, one adjacency per batch (either may be None), "
+            f"got {type(pattern).__name__}."
+        )
+    if x2 is None and pattern[1] is not None and pattern[1] is not pattern[0]:
+        raise ValueError(
+            f"{type(layer).__name__}.kernel: with `x2=None` both sides are `x1`; "
+            "give `pattern=(pattern1, None)`."
+        )
+    p1, p2 = (None if p is None else jnp.asarray(p) for p in pattern)
+    if x2 is None:
+        p2 = p1
+    for name, p, x in (
+        ("pattern1", p1, x1),
+        ("pattern2", p2, x1 if x2 is None else x2),
+    ):
+        if p is not None and (p.ndim == 0 or p.shape[0] != x.shape[0]):
+            raise ValueError(
+                f"{type(layer).__name__}.kernel: `{name}` has shape {p.shape}, but "
+                f"its batch has {x.shape[0]} examples; it needs one pattern per "
+                "example along axis 0."
+            )
+    return p1, p2
+
+
+def call(layer: AbstractLayer, x: Any, key, keywords: dict) -> Any:
+    """`layer(x, key=key, ...)` with the call-time keywords the layer takes."""
+    if not keywords:
+        return layer(x, key=key)
+    taken = {
+        name: value for name, value in keywords.items() if name in layer.call_keywords
+    }
+    return layer(x, key=key, **taken)
 
 
 def _any(layout: Layout) -> bool:

@@ -7,7 +7,17 @@ import jax
 from jaxtyping import PRNGKeyArray
 
 from .._kernel import Kernel
-from .._layer import AbstractLayer, Layout, split_key
+from .._layer import AbstractLayer, Layout, call, split_key
+
+
+class _EveryKeyword(frozenset):
+    """The `call_keywords` of combinators: they pass every keyword on."""
+
+    def __contains__(self, name) -> bool:
+        return True
+
+
+_EVERY_KEYWORD = _EveryKeyword()
 
 
 class Serial(AbstractLayer):
@@ -25,6 +35,7 @@ class Serial(AbstractLayer):
     """
 
     layers: tuple[AbstractLayer, ...]
+    call_keywords = _EVERY_KEYWORD
 
     def __init__(self, *layers: AbstractLayer):
         for i, layer in enumerate(layers):
@@ -36,9 +47,9 @@ class Serial(AbstractLayer):
                 )
         self.layers = tuple(layers)
 
-    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+    def __call__(self, x, *, key: PRNGKeyArray | None = None, **keywords):
         for layer, k in zip(self.layers, split_key(key, len(self.layers))):
-            x = layer(x, key=k)
+            x = call(layer, x, k, keywords)
         return x
 
     def output_shape(self, input_shape):
@@ -75,6 +86,7 @@ class Parallel(AbstractLayer):
     """
 
     layers: tuple[AbstractLayer, ...]
+    call_keywords = _EVERY_KEYWORD
 
     def __init__(self, *layers: AbstractLayer):
         self.layers = tuple(layers)
@@ -86,10 +98,12 @@ class Parallel(AbstractLayer):
                 f"use FanOut({len(self.layers)}) before it."
             )
 
-    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+    def __call__(self, x, *, key: PRNGKeyArray | None = None, **keywords):
         self._check(len(x))
         keys = split_key(key, len(self.layers))
-        return tuple(layer(xi, key=k) for layer, xi, k in zip(self.layers, x, keys))
+        return tuple(
+            call(layer, xi, k, keywords) for layer, xi, k in zip(self.layers, x, keys)
+        )
 
     def output_shape(self, input_shape):
         if not _is_multi(input_shape):
@@ -179,6 +193,7 @@ class Repeat(AbstractLayer):
     layer: AbstractLayer
     n: int = eqx.field(static=True)
     stacked: AbstractLayer | None
+    call_keywords = _EVERY_KEYWORD
 
     def __init__(self, layer: AbstractLayer, n: int):
         if not isinstance(n, int) or n < 0:
@@ -225,7 +240,7 @@ class Repeat(AbstractLayer):
             is_leaf=lambda x: x is None,
         )
 
-    def __call__(self, x, *, key: PRNGKeyArray | None = None):
+    def __call__(self, x, *, key: PRNGKeyArray | None = None, **keywords):
         if self.n == 0:
             return x
         if self.stacked is None:
@@ -236,7 +251,7 @@ class Repeat(AbstractLayer):
         def body(carry, inputs):
             params, k = inputs
             layer = eqx.combine(params, static)
-            return layer(carry, key=k), None
+            return call(layer, carry, k, keywords), None
 
         x, _ = jax.lax.scan(body, x, (dynamic, keys))
         return x
