@@ -172,6 +172,30 @@ def test_fan_in_sum_prod_concat_against_monte_carlo():
     assert (np.abs(nngp - exact.nngp) / se).max() < 5
 
 
+def test_diagonal_batch_is_the_diagonal_of_the_full_kernel():
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 2, 5, 3))
+    body = [et.Conv(8, (3, 2), padding="SAME", b_std=0.1), et.Erf()]
+    pooled = et.Serial(*body, et.GlobalAvgPool(), et.Dense(1))
+    branches = et.Serial(
+        *body, et.FanOut(2), et.Parallel(et.Flatten(), et.Conv(3, (1, 1)))
+    )
+    n = jnp.arange(4)
+    full, diag = pooled.kernel(x, None), pooled.kernel(x, None, diagonal_batch=True)
+    for name in ("nngp", "ntk"):
+        np.testing.assert_allclose(getattr(diag, name), getattr(full, name)[n, n])
+    np.testing.assert_allclose(diag.nngp, diag.cov1)
+    assert diag.diagonal_batch and not full.diagonal_batch
+    for options in ({}, {"diagonal_spatial": True}):
+        full = branches.kernel(x, None, "ntk", **options)
+        diag = branches.kernel(x, None, "ntk", diagonal_batch=True, **options)
+        for a, b in zip(diag, full):
+            np.testing.assert_allclose(a, b[n, n], rtol=1e-12)
+    with pytest.raises(ValueError, match="leave `x2` as None"):
+        pooled.kernel(x, x, diagonal_batch=True)
+    with pytest.raises(ValueError, match="holds only the batch diagonal"):
+        et.Relu().kernel(et.Serial(*body).kernel(x, None, diagonal_batch=True))
+
+
 # ------------------------------------------------------ jit, vmap, grad, dtype
 
 

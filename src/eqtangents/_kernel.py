@@ -46,14 +46,17 @@ class Kernel(eqx.Module):
     - `is_gaussian`: whether the outputs at this point are Gaussian (true after
       an affine layer, false after a nonlinearity or at the inputs).
     - `is_input`: whether no layer has been applied yet.
+    - `diagonal_batch`: whether only the kernel of each example with itself is
+      stored (`model.kernel(x, diagonal_batch=True)`): `nngp` and `ntk` then
+      have the layout of `cov1`, without the `N2` axis.
     - `mask1`, `mask2`: optional boolean masks of padded positions,
       `(N, *spatial)`; `True` marks a position to ignore.
     - `pattern1`, `pattern2`: optional graph adjacencies of the examples of
       each batch (dense or edge lists), read by `et.Aggregate`.
     """
 
-    nngp: Float[Array, "n1 n2 *s"]
-    ntk: Float[Array, "n1 n2 *s"] | None
+    nngp: Float[Array, "n1 *n2_s"]
+    ntk: Float[Array, "n1 *n2_s"] | None
     cov1: Float[Array, "n1 *s1"]
     cov2: Float[Array, "n2 *s1"] | None
     shape1: tuple[int, ...] = eqx.field(static=True)
@@ -65,6 +68,7 @@ class Kernel(eqx.Module):
     mask2: Bool[Array, "n2 *spatial"] | None = None
     pattern1: Shaped[Array, "n1 ..."] | None = None
     pattern2: Shaped[Array, "n2 ..."] | None = None
+    diagonal_batch: bool = eqx.field(default=False, static=True)
 
     @property
     def n_spatial(self) -> int:

@@ -78,6 +78,7 @@ class AbstractLayer(eqx.Module):
         get: Get = None,
         *,
         diagonal_spatial: bool = False,
+        diagonal_batch: bool = False,
         pattern: tuple | None = None,
     ):
         r"""NNGP and NTK kernels of the infinitely wide network at `x1`, `x2`.
@@ -91,6 +92,9 @@ class AbstractLayer(eqx.Module):
           a tuple of names for a named tuple. The NTK is only computed if asked.
         - `diagonal_spatial`: for networks whose outputs keep spatial axes,
           return only the spatial diagonal of the covariances.
+        - `diagonal_batch`: with `x2=None`, only the kernel of each example with
+          itself, `K(x_n, x_n)`, at the cost of `N` examples instead of `N^2`
+          pairs; `nngp` and `ntk` then have shape `(N, *spatial)`.
         - `pattern`: for graph networks, `(pattern1, pattern2)`, the adjacencies
           of the examples of `x1` and of `x2` read by every `et.Aggregate` layer
           (either may be `None`: no aggregation on that side; with `x2=None`,
@@ -99,7 +103,8 @@ class AbstractLayer(eqx.Module):
         **Returns:**
 
         What `get` asks for; each kernel has shape `(N1, N2)` for flat outputs,
-        `(N1, N2, S_1, S_1', ...)` for spatial outputs.
+        `(N1, N2, S_1, S_1', ...)` for spatial outputs (`(N1, N2, S_1, ...)`
+        with `diagonal_spatial`; without the `N2` axis with `diagonal_batch`).
 
         **Example:**
 
@@ -115,6 +120,12 @@ class AbstractLayer(eqx.Module):
                     "`kernel(k, x2)`: when continuing from a `Kernel`, leave `x2` "
                     "as None; the kernel already holds both batches."
                 )
+            if x1.diagonal_batch:
+                raise ValueError(
+                    "`kernel(k)`: `k` holds only the batch diagonal "
+                    "(`diagonal_batch=True`), from which no layer can continue; "
+                    "propagate the inputs with `diagonal_batch=True` instead."
+                )
             return select(_propagate(self, x1), get)
         else:
             x1, x2 = _check_inputs(self, x1, x2)
@@ -122,10 +133,18 @@ class AbstractLayer(eqx.Module):
             shape = tuple(x1.shape[1:])
             self.output_shape(shape)  # validates the architecture on this input
             full = self.needs_full_spatial(not diagonal_spatial)
-            input_full = _any(full) and len(shape) > 1
-            k = _kernel_of_inputs(
-                self, x1, x2, patterns, not input_full, "ntk" in names
-            )
+            diagonal = not (_any(full) and len(shape) > 1)
+            compute_ntk = "ntk" in names
+            if diagonal_batch:
+                if x2 is not None:
+                    raise ValueError(
+                        f"{type(self).__name__}.kernel: `diagonal_batch=True` "
+                        "computes each example of `x1` with itself; leave `x2` as "
+                        "None."
+                    )
+                k = _batch_diagonal(self, x1, patterns, diagonal, compute_ntk)
+            else:
+                k = _kernel_of_inputs(self, x1, x2, patterns, diagonal, compute_ntk)
         return select(k, get)
 
 
@@ -146,6 +165,35 @@ def _kernel_of_inputs(
     if patterns is not None:
         k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
     return layer.propagate(k)
+
+
+def _batch_diagonal(layer, x1, patterns, diagonal_spatial, compute_ntk):
+    """The kernel of each example with itself: one-example kernels, vmapped."""
+    p1 = None if patterns is None else patterns[0]
+
+    def one(x, p):
+        ps = None if p is None else (p[None], p[None])
+        return _kernel_of_inputs(
+            layer, x[None], None, ps, diagonal_spatial, compute_ntk
+        )
+
+    stacked = jax.vmap(one)(x1, p1)
+
+    def squeeze(k: Kernel) -> Kernel:
+        return k.replace(
+            nngp=k.nngp[:, 0, 0],
+            ntk=None if k.ntk is None else k.ntk[:, 0, 0],
+            cov1=k.cov1[:, 0],
+            mask1=None if k.mask1 is None else k.mask1[:, 0],
+            mask2=None if k.mask2 is None else k.mask2[:, 0],
+            pattern1=None if k.pattern1 is None else k.pattern1[:, 0],
+            pattern2=None if k.pattern2 is None else k.pattern2[:, 0],
+            diagonal_batch=True,
+        )
+
+    if isinstance(stacked, tuple):
+        return tuple(squeeze(k) for k in stacked)
+    return squeeze(stacked)
 
 
 def _check_pattern(layer, pattern, x1, x2):
