@@ -1,5 +1,7 @@
 """Sessions: `nox -s tests`, `nox -s lint`, `nox -s slow`, `nox -s compare`."""
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -22,8 +24,38 @@ def slow(session):
     )
 
 
+NT_REQUIREMENTS = [
+    "neural-tangents==0.6.5",
+    "jax==0.4.23",
+    "jaxlib==0.4.23",
+    "numpy<2",
+    "scipy<1.13",
+    "tensorflow==2.15.*",  # imported by neural_tangents.experimental
+]
+
+
+@nox.session
+def compare(session):
+    """The benchmarks with eqtangents here and Neural Tangents 0.6.5 in its own
+    environment (jax 0.4.23), on this machine in one run, with ratios."""
+    session.install(".")
+    nt_env = Path(session.cache_dir) / "neural-tangents-0.6.5"
+    nt_python = nt_env / "bin" / "python"
+    if not nt_python.exists():
+        session.run("python", "-m", "venv", str(nt_env))
+        session.run(
+            str(nt_python), "-m", "pip", "install", "-q", *NT_REQUIREMENTS,
+            external=True,
+        )
+    session.run(
+        "python", "benchmarks/compare.py", f"--nt-python={nt_python}",
+        *session.posargs,
+    )
+
+
 @nox.session
 def lint(session):
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "examples")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "examples")
+    paths = [p for p in ("src", "tests", "benchmarks", "examples") if Path(p).exists()]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
