@@ -196,6 +196,46 @@ def test_diagonal_batch_is_the_diagonal_of_the_full_kernel():
         et.Relu().kernel(et.Serial(*body).kernel(x, None, diagonal_batch=True))
 
 
+def test_tuple_inputs_to_parallel_networks():
+    """One input per branch: the kernel of the finite networks, and the same
+    kernel from branch kernels built one by one."""
+    xa = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    xb = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 5))
+
+    def branches(w):
+        return et.Parallel(
+            et.Dense(w, W_std=1.3, b_std=0.2),
+            et.Serial(et.Conv(w, (2,)), et.Relu(), et.Flatten(), et.Dense(w)),
+        )
+
+    def model(w):
+        return et.Serial(branches(w), et.FanInSum(), et.Relu(), et.Dense(w))
+
+    exact = model(1).kernel((xa, xb), None)
+    by_branch = et.Serial(et.FanInSum(), et.Relu(), et.Dense(1)).propagate(
+        tuple(layer.kernel(x, None) for layer, x in zip(branches(1).layers, (xa, xb)))
+    )
+    np.testing.assert_allclose(exact.ntk, by_branch.ntk, rtol=1e-12)
+    errors = []
+    for width in (32, 128):
+        estimate = et.monte_carlo_kernel(
+            model(width), (xa, xb), None, key=jax.random.PRNGKey(2), n_samples=16
+        )
+        errors.append(
+            [
+                np.abs(estimate.nngp - exact.nngp).max() / np.abs(exact.nngp).max(),
+                np.abs(estimate.ntk - exact.ntk).max() / np.abs(exact.ntk).max(),
+            ]
+        )
+    # Measured: NNGP 0.13 -> 0.025, NTK 0.10 -> 0.008.
+    errors = np.array(errors)
+    assert (errors[1] < 0.06).all() and (errors[1] < 0.5 * errors[0]).all(), errors
+    with pytest.raises(ValueError, match="must be a tuple of as many"):
+        model(1).kernel((xa, xb), xa)
+    with pytest.raises(ValueError, match="batch sizes"):
+        model(1).kernel((xa, xb[:2]), None)
+
+
 # ------------------------------------------------------ jit, vmap, grad, dtype
 
 

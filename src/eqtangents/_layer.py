@@ -73,8 +73,12 @@ class AbstractLayer(eqx.Module):
 
     def kernel(
         self,
-        x1: Float[ArrayLike, "n1 *shape"] | Kernel,
-        x2: Float[ArrayLike, "n2 *shape2"] | None = None,
+        x1: Float[ArrayLike, "n1 *shape"]
+        | tuple[Float[ArrayLike, "n1 ..."], ...]
+        | Kernel,
+        x2: Float[ArrayLike, "n2 *shape2"]
+        | tuple[Float[ArrayLike, "n2 ..."], ...]
+        | None = None,
         get: Get = None,
         *,
         diagonal_spatial: bool = False,
@@ -86,8 +90,11 @@ class AbstractLayer(eqx.Module):
         **Arguments:**
 
         - `x1`: a batch `(N1, C, *spatial)` (channels first), or a `Kernel` to
-          continue propagating from.
-        - `x2`: a batch `(N2, C, *spatial)`, or `None` for `x2 = x1`.
+          continue propagating from. A network starting with `Parallel` takes a
+          tuple of batches, one per branch (each its own shape, all `N1`
+          examples).
+        - `x2`: a batch `(N2, C, *spatial)` (a tuple like `x1`'s), or `None` for
+          `x2 = x1`.
         - `get`: `None` for an `et.Kernel`; `"nngp"` or `"ntk"` for one array;
           a tuple of names for a named tuple. The NTK is only computed if asked.
         - `diagonal_spatial`: for networks whose outputs keep spatial axes,
@@ -127,24 +134,21 @@ class AbstractLayer(eqx.Module):
                     "propagate the inputs with `diagonal_batch=True` instead."
                 )
             return select(_propagate(self, x1), get)
+        x1, x2 = _check_inputs(self, x1, x2)
+        patterns = _check_pattern(self, pattern, _first(x1), _first(x2))
+        shape = _shapes(x1)
+        self.output_shape(shape)  # validates the architecture on this input
+        diagonal = _input_layouts(shape, self.needs_full_spatial(not diagonal_spatial))
+        compute_ntk = "ntk" in names
+        if diagonal_batch:
+            if x2 is not None:
+                raise ValueError(
+                    f"{type(self).__name__}.kernel: `diagonal_batch=True` "
+                    "computes each example of `x1` with itself; leave `x2` as None."
+                )
+            k = _batch_diagonal(self, x1, patterns, diagonal, compute_ntk)
         else:
-            x1, x2 = _check_inputs(self, x1, x2)
-            patterns = _check_pattern(self, pattern, x1, x2)
-            shape = tuple(x1.shape[1:])
-            self.output_shape(shape)  # validates the architecture on this input
-            full = self.needs_full_spatial(not diagonal_spatial)
-            diagonal = not (_any(full) and len(shape) > 1)
-            compute_ntk = "ntk" in names
-            if diagonal_batch:
-                if x2 is not None:
-                    raise ValueError(
-                        f"{type(self).__name__}.kernel: `diagonal_batch=True` "
-                        "computes each example of `x1` with itself; leave `x2` as "
-                        "None."
-                    )
-                k = _batch_diagonal(self, x1, patterns, diagonal, compute_ntk)
-            else:
-                k = _kernel_of_inputs(self, x1, x2, patterns, diagonal, compute_ntk)
+            k = _kernel_of_inputs(self, x1, x2, patterns, diagonal, compute_ntk)
         return select(k, get)
 
 
@@ -155,15 +159,24 @@ def _propagate(layer: AbstractLayer, k: Kernel) -> Kernel:
 
 @eqx.filter_jit
 def _kernel_of_inputs(
-    layer, x1, x2, patterns, diagonal_spatial: bool, compute_ntk: bool
+    layer, x1, x2, patterns, diagonal_spatial: bool | tuple, compute_ntk: bool
 ):
     """Input kernel and propagation, compiled as one program (eager calls would
     otherwise dispatch, and compile, every operation separately)."""
-    k = kernel_from_inputs(
-        x1, x2, diagonal_spatial=diagonal_spatial, compute_ntk=compute_ntk
-    )
-    if patterns is not None:
-        k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
+
+    def one(x1, x2, diagonal):
+        k = kernel_from_inputs(
+            x1, x2, diagonal_spatial=diagonal, compute_ntk=compute_ntk
+        )
+        if patterns is not None:
+            k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
+        return k
+
+    if isinstance(x1, tuple):  # one input per branch of a Parallel network
+        x2s = (None,) * len(x1) if x2 is None else x2
+        k = tuple(one(*args) for args in zip(x1, x2s, diagonal_spatial))
+    else:
+        k = one(x1, x2, diagonal_spatial)
     return layer.propagate(k)
 
 
@@ -173,9 +186,8 @@ def _batch_diagonal(layer, x1, patterns, diagonal_spatial, compute_ntk):
 
     def one(x, p):
         ps = None if p is None else (p[None], p[None])
-        return _kernel_of_inputs(
-            layer, x[None], None, ps, diagonal_spatial, compute_ntk
-        )
+        x = jax.tree.map(lambda a: a[None], x)
+        return _kernel_of_inputs(layer, x, None, ps, diagonal_spatial, compute_ntk)
 
     stacked = jax.vmap(one)(x1, p1)
 
@@ -244,7 +256,32 @@ def _any(layout: Layout) -> bool:
 
 
 def _check_inputs(layer, x1, x2):
+    """Arrays of a float dtype, with shapes checked; a tuple of inputs (one per
+    branch of a `Parallel` network) is checked input by input."""
     name = type(layer).__name__
+    if isinstance(x1, (tuple, list)):
+        if x2 is not None and (not isinstance(x2, (tuple, list)) or len(x2) != len(x1)):
+            raise ValueError(
+                f"{name}.kernel: `x1` is a tuple of {len(x1)} inputs, so `x2` must "
+                "be a tuple of as many (or None)."
+            )
+        pairs = [
+            _check_one(name, a, None if x2 is None else b)
+            for a, b in zip(x1, x2 if x2 is not None else x1)
+        ]
+        sizes = {a.shape[0] for a, _ in pairs}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"{name}.kernel: the inputs of `x1` have batch sizes {sorted(sizes)}; "
+                "every input needs one entry per example."
+            )
+        return tuple(a for a, _ in pairs), (
+            None if x2 is None else tuple(b for _, b in pairs)
+        )
+    return _check_one(name, x1, x2)
+
+
+def _check_one(name, x1, x2):
     x1 = jnp.asarray(x1)
     if not jnp.issubdtype(x1.dtype, jnp.inexact):
         x1 = x1.astype(jnp.result_type(float))
@@ -262,6 +299,28 @@ def _check_inputs(layer, x1, x2):
                 "shape `(C, *spatial)`."
             )
     return x1, x2
+
+
+def _first(x):
+    """The first input of a tuple of inputs (all share the batch size)."""
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _shapes(x):
+    """Per-example shape of an input, or the tuple of shapes of several."""
+    if isinstance(x, tuple):
+        return tuple(tuple(a.shape[1:]) for a in x)
+    return tuple(x.shape[1:])
+
+
+def _input_layouts(shape, full: Layout):
+    """Whether each input may carry only spatial diagonals (a tuple for a tuple
+    of inputs), given the layout the network needs at its input."""
+    if shape and isinstance(shape[0], tuple):
+        if not isinstance(full, tuple):
+            full = (full,) * len(shape)
+        return tuple(not (_any(f) and len(s) > 1) for s, f in zip(shape, full))
+    return not (_any(full) and len(shape) > 1)
 
 
 def require_gaussian(layer: AbstractLayer, k: Kernel) -> None:

@@ -95,8 +95,8 @@ def monte_carlo_kernel(
     counts, many = _counts(n_samples)
     names, single = parse_get(get)
     if isinstance(model, AbstractLayer):
-        first = jax.tree.leaves(x1)[0]
-        shape = tuple(first.shape[1:])
+        # Per-example shape, or a tuple of them for a tuple of inputs.
+        shape = jax.tree.map(lambda a: tuple(a.shape[1:]), x1)
 
         def init(k):
             return model.init(k, shape)
