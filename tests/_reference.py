@@ -128,7 +128,9 @@ def _leaf(op: str, args: dict, shape: tuple):
     if op == "Dense":
         if len(shape) > 1:  # NT's Dense on spatial inputs mixes channels pointwise
             return et.Conv(
-                args["out_dim"], kernel_size=(1,) * (len(shape) - 1), **_affine_args(args)
+                args["out_dim"],
+                kernel_size=(1,) * (len(shape) - 1),
+                **_affine_args(args),
             )
         return et.Dense(args["out_dim"], **_affine_args(args))
     if op in ("Conv", "ConvTranspose", "ConvLocal"):
@@ -210,6 +212,14 @@ def _leaf(op: str, args: dict, shape: tuple):
                 )
 
         return et.Serial(layer, _ResizeBatch(nt_shape[0]))
+    if op == "GlobalSelfAttention":
+        # NT's widths per head -> Equinox-style structural names.
+        names = {
+            "n_chan_out": "out_channels",
+            "n_chan_key": "key_channels",
+            "n_chan_val": "value_channels",
+        }
+        return et.GlobalSelfAttention(**{names.get(n, n): v for n, v in args.items()})
     cls = getattr(et, _OP_TO_CLASS.get(op, op))
     return cls(**args)
 

@@ -8,11 +8,14 @@ from ._empirical import empirical_ntk_vp as empirical_ntk_vp
 from ._kernel import Kernel as Kernel
 from ._layer import AbstractLayer as AbstractLayer
 from ._layers._activation import AbstractActivation as AbstractActivation
+from ._layers.attention import GlobalSelfAttention as GlobalSelfAttention
 from ._layers.combinators import FanOut as FanOut
 from ._layers.combinators import Parallel as Parallel
 from ._layers.combinators import Repeat as Repeat
 from ._layers.combinators import Serial as Serial
 from ._layers.conv import Conv as Conv
+from ._layers.conv_local import ConvLocal as ConvLocal
+from ._layers.conv_transpose import ConvTranspose as ConvTranspose
 from ._layers.dense import Dense as Dense
 from ._layers.dot_general import DotGeneral as DotGeneral
 from ._layers.dropout import Dropout as Dropout
