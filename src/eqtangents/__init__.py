@@ -1,5 +1,6 @@
 """eqtangents: infinitely wide neural networks on JAX and Equinox."""
 
+from . import features as features
 from . import predict as predict
 from ._empirical import empirical_kernel as empirical_kernel
 from ._empirical import empirical_nngp as empirical_nngp
