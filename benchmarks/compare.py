@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("empirical_ntk.py", "predict_mse.py")
+SCRIPTS = ("kernels.py", "empirical_ntk.py", "predict_mse.py")
 METRICS = ("seconds", "first_call_seconds", "peak_memory_mb")
 
 
