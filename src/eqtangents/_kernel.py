@@ -50,7 +50,10 @@ class Kernel(eqx.Module):
       stored (`model.kernel(x, diagonal_batch=True)`): `nngp` and `ntk` then
       have the layout of `cov1`, without the `N2` axis.
     - `mask1`, `mask2`: optional boolean masks of padded positions,
-      `(N, *spatial)`; `True` marks a position to ignore.
+      `(N, *spatial)`; `True` marks a position to ignore. Every covariance
+      entry that involves a masked position is zero (`kernel(...,
+      mask_constant=c)`; see `docs/masking.md`). `mask2` is `None` when `x2`
+      is `x1`.
     - `pattern1`, `pattern2`: optional graph adjacencies of the examples of
       each batch (dense or edge lists), read by `et.Aggregate`.
     """
@@ -147,9 +150,10 @@ def spatial_diagonal(x: Array, batch_ndim: int) -> Array:
 
 
 def outer_layout(
-    v1: Float[Array, "n1 *d"], v2: Float[Array, "n2 *d"], diagonal_spatial: bool
+    v1: Shaped[Array, "n1 *d"], v2: Shaped[Array, "n2 *d"], diagonal_spatial: bool
 ) -> tuple[Array, Array]:
-    """Reshapes per-position variances to broadcast in the `nngp` layout."""
+    """Reshapes per-position variances (or masks) to broadcast in the `nngp`
+    layout."""
     n1, n2 = v1.shape[0], v2.shape[0]
     spatial = v1.shape[1:]
     if diagonal_spatial:

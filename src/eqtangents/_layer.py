@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._kernel import Get, Kernel, kernel_from_inputs, parse_get, select
+from ._mask import from_constant
+from ._mask import propagate as propagate_masked
 
 Shape = tuple[int, ...]
 """Per-example shape `(C, *spatial)`, channels first."""
@@ -32,7 +34,9 @@ class AbstractLayer(eqx.Module):
     - `propagate(k)`: the infinite-width rule mapping the `Kernel` of the layer's
       inputs to the `Kernel` of its outputs;
     - `needs_full_spatial(output_full)`: whether the layer's input must carry
-      full spatial covariances so that its output has the requested layout.
+      full spatial covariances so that its output has the requested layout;
+    - `output_mask(mask, input_shape)`: which output positions are padding,
+      given which input positions are (`mask_constant`; see `docs/masking.md`).
 
     The entry point `kernel(x1, x2=None, get=None)` is shared by all layers.
 
@@ -71,6 +75,19 @@ class AbstractLayer(eqx.Module):
         """
         return output_full
 
+    def output_mask(self, mask: Any, input_shape: Any) -> Any:
+        """Which output positions are padding, given the input's `mask`.
+
+        `mask` marks the padded positions of ONE example, a boolean array of its
+        spatial shape `(*spatial)` (`True` = ignore; a scalar for a flat
+        example, a tuple for a tuple of inputs), never `None`. The same rule
+        serves the finite forward pass and, vmapped over the batch, the kernel.
+        The default keeps the mask, which fits layers that act on each position
+        separately (activations, `Dense`, `LayerNorm`, attention, ...); layers
+        that move, add or remove positions override it.
+        """
+        return mask
+
     def kernel(
         self,
         x1: Float[ArrayLike, "n1 *shape"]
@@ -84,6 +101,7 @@ class AbstractLayer(eqx.Module):
         diagonal_spatial: bool = False,
         diagonal_batch: bool = False,
         pattern: tuple | None = None,
+        mask_constant: float | ArrayLike | None = None,
     ):
         r"""NNGP and NTK kernels of the infinitely wide network at `x1`, `x2`.
 
@@ -106,6 +124,21 @@ class AbstractLayer(eqx.Module):
           of the examples of `x1` and of `x2` read by every `et.Aggregate` layer
           (either may be `None`: no aggregation on that side; with `x2=None`,
           give `(pattern1, None)`).
+        - `mask_constant`: inputs equal to this value are padding (variable-length
+          sequences, ragged images), as in Neural Tangents. A position is
+          masked when all its channels equal the constant (`NaN` matches
+          `NaN`); every entry equal to it is replaced by zero. The masks
+          `(N, *spatial)` travel with the kernel (`Kernel.mask1`, `mask2`) and
+          follow each layer's `output_mask` (strided windows keep the mask of
+          each window's central tap, global pooling and `Flatten` mask an
+          example only if all its positions are). After every layer each
+          covariance entry that involves a masked position is zero;
+          `GlobalAvgPool` averages over the unmasked positions, `LayerNorm`
+          takes its statistics over them, and `GlobalSelfAttention` gives
+          masked keys no weight. `AvgPool` still divides by its window size
+          (masked inputs count as zeros), as in Neural Tangents. The finite
+          network takes the same keyword, `net(x, mask_constant=c)`. See
+          `docs/masking.md`.
 
         **Returns:**
 
@@ -133,6 +166,12 @@ class AbstractLayer(eqx.Module):
                     "(`diagonal_batch=True`), from which no layer can continue; "
                     "propagate the inputs with `diagonal_batch=True` instead."
                 )
+            if mask_constant is not None:
+                raise ValueError(
+                    "`kernel(k, mask_constant=...)`: the masks of a `Kernel` are "
+                    "its fields `mask1` and `mask2`; pass `mask_constant` with the "
+                    "inputs instead."
+                )
             return select(_propagate(self, x1), get)
         x1, x2 = _check_inputs(self, x1, x2)
         patterns = _check_pattern(self, pattern, _first(x1), _first(x2))
@@ -140,34 +179,60 @@ class AbstractLayer(eqx.Module):
         self.output_shape(shape)  # validates the architecture on this input
         diagonal = _input_layouts(shape, self.needs_full_spatial(not diagonal_spatial))
         compute_ntk = "ntk" in names
+        if mask_constant is not None:
+            mask_constant = jnp.asarray(mask_constant)
+            if mask_constant.ndim != 0:
+                raise ValueError(
+                    f"{type(self).__name__}.kernel: `mask_constant` must be one "
+                    f"number, got an array of shape {mask_constant.shape}."
+                )
         if diagonal_batch:
             if x2 is not None:
                 raise ValueError(
                     f"{type(self).__name__}.kernel: `diagonal_batch=True` "
                     "computes each example of `x1` with itself; leave `x2` as None."
                 )
-            k = _batch_diagonal(self, x1, patterns, diagonal, compute_ntk)
+            k = _batch_diagonal(
+                self, x1, patterns, diagonal, compute_ntk, mask_constant
+            )
         else:
-            k = _kernel_of_inputs(self, x1, x2, patterns, diagonal, compute_ntk)
+            k = _kernel_of_inputs(
+                self, x1, x2, patterns, diagonal, compute_ntk, mask_constant
+            )
         return select(k, get)
 
 
 @eqx.filter_jit
 def _propagate(layer: AbstractLayer, k: Kernel) -> Kernel:
-    return layer.propagate(k)
+    return propagate_masked(layer, k)
 
 
 @eqx.filter_jit
 def _kernel_of_inputs(
-    layer, x1, x2, patterns, diagonal_spatial: bool | tuple, compute_ntk: bool
+    layer,
+    x1,
+    x2,
+    patterns,
+    diagonal_spatial: bool | tuple,
+    compute_ntk: bool,
+    mask_constant=None,
 ):
     """Input kernel and propagation, compiled as one program (eager calls would
     otherwise dispatch, and compile, every operation separately)."""
 
     def one(x1, x2, diagonal):
+        masks = (None, None)
+        if mask_constant is not None:
+            mask_of = jax.vmap(from_constant, in_axes=(0, None))
+            x1, mask1 = mask_of(x1, mask_constant)
+            mask2 = None
+            if x2 is not None:
+                x2, mask2 = mask_of(x2, mask_constant)
+            masks = (mask1, mask2)
         k = kernel_from_inputs(
             x1, x2, diagonal_spatial=diagonal, compute_ntk=compute_ntk
         )
+        k = k.replace(mask1=masks[0], mask2=masks[1])
         if patterns is not None:
             k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
         return k
@@ -177,17 +242,21 @@ def _kernel_of_inputs(
         k = tuple(one(*args) for args in zip(x1, x2s, diagonal_spatial))
     else:
         k = one(x1, x2, diagonal_spatial)
-    return layer.propagate(k)
+    return propagate_masked(layer, k)
 
 
-def _batch_diagonal(layer, x1, patterns, diagonal_spatial, compute_ntk):
+def _batch_diagonal(
+    layer, x1, patterns, diagonal_spatial, compute_ntk, mask_constant=None
+):
     """The kernel of each example with itself: one-example kernels, vmapped."""
     p1 = None if patterns is None else patterns[0]
 
     def one(x, p):
         ps = None if p is None else (p[None], p[None])
         x = jax.tree.map(lambda a: a[None], x)
-        return _kernel_of_inputs(layer, x, None, ps, diagonal_spatial, compute_ntk)
+        return _kernel_of_inputs(
+            layer, x, None, ps, diagonal_spatial, compute_ntk, mask_constant
+        )
 
     stacked = jax.vmap(one)(x1, p1)
 
@@ -239,13 +308,13 @@ def _check_pattern(layer, pattern, x1, x2):
     return p1, p2
 
 
-def call(layer: AbstractLayer, x: Any, key, keywords: dict) -> Any:
-    """`layer(x, key=key, ...)` with the call-time keywords the layer takes."""
+def call(layer: Any, x: Any, key, keywords: dict) -> Any:
+    """`layer(x, key=key, ...)` with the call-time keywords the layer takes (any
+    module: the empirical kernels wrap layers in their own modules)."""
     if not keywords:
         return layer(x, key=key)
-    taken = {
-        name: value for name, value in keywords.items() if name in layer.call_keywords
-    }
+    names = getattr(layer, "call_keywords", frozenset())
+    taken = {name: value for name, value in keywords.items() if name in names}
     return layer(x, key=key, **taken)
 
 

@@ -16,6 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._kernel import Kernel
+from .._mask import own_layout, side2
+
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
 POS_EMB_TYPES = ("NONE", "SUM", "CONCAT")
 
@@ -88,7 +91,9 @@ class Covariances:
 
     `interp(which, ntk=False)` is the covariance of the inputs the keys see,
     $w_x K + w_R R$ (the NTK uses its own weight $w_R$), and `values(which)` that
-    of the inputs the values see (the same with `val_pos_emb`, else $K$).
+    of the inputs the values see (the same with `val_pos_emb`, else $K$). `R` is
+    one `(L, L)` matrix, or a dict of them per covariance (masked embeddings:
+    zero wherever a masked position enters).
     """
 
     def __init__(self, flat: dict, R, w_in, w_pe, w_pe_ntk, val_pos_emb: bool):
@@ -101,22 +106,43 @@ class Covariances:
         if mat is None or self.R is None:
             return mat
         w_pe = self.w_pe_ntk if which == "ntk" else self.w_pe
-        return self.w_in * mat + w_pe * self.R
+        R = self.R[which] if isinstance(self.R, dict) else self.R
+        return self.w_in * mat + w_pe * R
 
     def values(self, which: str) -> Array | None:
         return self.interp(which) if self.val_pos_emb else self.flat[which]
 
 
-def linear_scaling_rule(cv: Covariances, qk, mechanism: str, has_ntk: bool) -> dict:
+def mask_keys(logits: Array, mask: Array | None, mechanism: str) -> Array:
+    """Logits `(..., L_query, L_key)` that give masked keys (`mask` broadcastable
+    against `(..., L_key)`) no weight: a huge negative logit for the softmax,
+    zero for the other mechanisms (as in Neural Tangents)."""
+    if mask is None:
+        return logits
+    mask = jnp.expand_dims(mask, -2)
+    if mechanism == "SOFTMAX":
+        fill = jnp.asarray(jnp.finfo(logits.dtype).min, logits.dtype)
+    else:
+        fill = jnp.zeros((), logits.dtype)
+    return jnp.where(mask, fill, logits)
+
+
+def linear_scaling_rule(
+    cv: Covariances, qk, mechanism: str, has_ntk: bool, masks=(None, None)
+) -> dict:
     r"""Attention weights and values sandwiches for tied keys and queries.
 
     Returns `G K_v G^T` for each covariance (`"nngp"`, `"cov1"`, `"cov2"`) and
-    `G \Theta_v G^T` for `"ntk"`; the caller scales and shifts them.
+    `G \Theta_v G^T` for `"ntk"`; the caller scales and shifts them. `masks`
+    are the key masks `(N, L)` of the two batches (or `None`).
     """
     fn = mechanism_fn(mechanism)
-    g1 = fn(qk * cv.interp("cov1"))
+    g1 = fn(mask_keys(qk * cv.interp("cov1"), masks[0], mechanism))
     has_cov2 = cv.flat["cov2"] is not None
-    g2 = fn(qk * cv.interp("cov2")) if has_cov2 else g1
+    if has_cov2:
+        g2 = fn(mask_keys(qk * cv.interp("cov2"), masks[1], mechanism))
+    else:
+        g2 = g1
     out = {
         "nngp": sandwich(g1, cv.values("nngp"), g2),
         "cov1": sandwich(g1, cv.values("cov1"), None),
@@ -148,3 +174,34 @@ def identity_rule(cv: Covariances, has_ntk: bool) -> dict:
         tx, tv = cv.interp("ntk"), cv.values("ntk")
         out["ntk"] = (total(tx, kv) + total(kx, tv)) * kx + total(kx, kv) * tx
     return out
+
+
+def masked_embeddings(k: Kernel, R):
+    """The key masks `(N, L)` of both batches, and the embeddings' covariance
+    per kernel entry with every pair involving a masked position zeroed
+    (`(None, None)` and `R` itself without masks)."""
+    if k.mask1 is None and side2(k) is None:
+        return (None, None), R
+    n1 = k.cov1.shape[0]
+    size = math.prod(k.shape1[1:])
+    m1 = k.mask1
+    m2 = side2(k)
+    m1 = jnp.zeros((n1, size), bool) if m1 is None else m1.reshape(n1, size)
+    if m2 is None:
+        m2 = jnp.zeros((k.var2.shape[0], size), bool)
+    else:
+        m2 = m2.reshape(m2.shape[0], size)
+    if R is None:
+        return (m1, m2), None
+
+    def zero(mask):
+        return jnp.where(mask, jnp.zeros((), R.dtype), R)
+
+    cross = m1[:, None, :, None] | m2[None, :, None, :]
+    R = {
+        "nngp": zero(cross),
+        "ntk": zero(cross),
+        "cov1": zero(own_layout(m1, False)),
+        "cov2": None if k.cov2 is None else zero(own_layout(m2, False)),
+    }
+    return (m1, m2), R

@@ -10,10 +10,11 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._layer import AbstractLayer, Layout, Shape, as_shape, missing_weights
+from .._mask import check_mask
 from .._typing import Scalar
 from ._affine import check_parameterization, to_std
 from ._attention import (
@@ -23,6 +24,8 @@ from ._attention import (
     flatten_positions,
     identity_rule,
     linear_scaling_rule,
+    mask_keys,
+    masked_embeddings,
     mechanism_fn,
     pos_emb_covariance,
     unflatten_positions,
@@ -108,6 +111,11 @@ class GlobalSelfAttention(AbstractLayer):
     \sigma_Q^2)\sigma_O^2\sigma_V^2)\tilde K\langle\tilde K, K_v\rangle$),
     $\sigma_b^2$ becomes $1$, and $\sigma_p^2$ in $\tilde\Theta$ becomes $1$.
 
+    Masks (`mask_constant`, or `mask=` in the forward pass) work as in Neural
+    Tangents: masked keys get the logit $-\infty$ under the softmax (zero under
+    the other mechanisms), and the embeddings vanish at masked positions ($R$
+    is zero wherever one enters).
+
     **Arguments:**
 
     - `out_channels`: output channels (NT's `n_chan_out`; infinite in `kernel`).
@@ -171,6 +179,7 @@ class GlobalSelfAttention(AbstractLayer):
     out_weight: Float[Array, "out heads val"] | None
     bias: Float[Array, " out"] | None
     pos_emb: Float[Array, "pos *spatial"] | None
+    call_keywords = frozenset({"mask"})
 
     def __init__(
         self,
@@ -322,12 +331,20 @@ class GlobalSelfAttention(AbstractLayer):
         )
 
     def __call__(
-        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Float[Array, "c *spatial"],
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
     ) -> Float[Array, "out *spatial"]:
         if self.key_weight is None:
             raise missing_weights(self)
         self.output_shape(tuple(x.shape))
         c, spatial = x.shape[0], x.shape[1:]
+        keys_mask = None
+        if mask is not None:
+            keys_mask = check_mask(_NAME, mask, x.shape).reshape(-1)  # (L,)
+            x = jnp.where(keys_mask.reshape(spatial), jnp.zeros((), x.dtype), x)
         p, c_key, c_val = self._channels(c)
         ntk = self.parameterization == "ntk"
         tokens = x.reshape(c, -1)  # (C, L)
@@ -339,6 +356,8 @@ class GlobalSelfAttention(AbstractLayer):
                     spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, x.dtype
                 )
                 emb = emb @ jnp.linalg.cholesky(R).T
+            if keys_mask is not None:
+                emb = jnp.where(keys_mask, jnp.zeros((), emb.dtype), emb)
             if ntk:
                 emb = emb * self.W_pos_emb_std
             if self.pos_emb_type == "SUM":
@@ -356,7 +375,8 @@ class GlobalSelfAttention(AbstractLayer):
         logits = jnp.einsum("hks,hkt->hst", queries, keys)
         d = self.key_channels if self.linear_scaling else math.sqrt(self.key_channels)
         scale = self.W_query_std * self.W_key_std / c_key if ntk else 1.0
-        weights = mechanism_fn(self.attention_mechanism)(logits * (scale / d))
+        logits = mask_keys(logits * (scale / d), keys_mask, self.attention_mechanism)
+        weights = mechanism_fn(self.attention_mechanism)(logits)
         values = jnp.einsum("hvc,cl->hvl", cast(self.value_weight), x_val)
         heads = jnp.einsum("hst,hvt->hvs", weights, values)
         y = jnp.einsum("ohv,hvs->os", cast(self.out_weight), heads)
@@ -414,6 +434,7 @@ class GlobalSelfAttention(AbstractLayer):
                 ("nngp", k.nngp), ("ntk", k.ntk), ("cov1", k.cov1), ("cov2", k.cov2)
             )
         }  # fmt: skip
+        masks, R = masked_embeddings(k, R)  # key masks, and R zeroed there
         cv = Covariances(flat, R, w_in, w_pe, w_pe_ntk, self.val_pos_emb)
 
         qk = self.W_query_std * self.W_key_std
@@ -422,7 +443,7 @@ class GlobalSelfAttention(AbstractLayer):
         b_ntk = (0.0 if self.b_std is None else 1.0) if standard else b2
         wide = self.value_channels * self.n_heads
         if self.linear_scaling:
-            parts = linear_scaling_rule(cv, qk, mechanism, k.ntk is not None)
+            parts = linear_scaling_rule(cv, qk, mechanism, k.ntk is not None, masks)
             scale = ov2
             if standard:
                 own = wide * self.W_value_std**2 + c_val * self.W_out_std**2

@@ -8,6 +8,7 @@ from jaxtyping import PRNGKeyArray
 
 from .._kernel import Kernel
 from .._layer import AbstractLayer, Layout, call, split_key
+from .._mask import output_mask, propagate, start, with_mask, zero_masked
 
 
 class _EveryKeyword(frozenset):
@@ -48,14 +49,27 @@ class Serial(AbstractLayer):
         self.layers = tuple(layers)
 
     def __call__(self, x, *, key: PRNGKeyArray | None = None, **keywords):
+        x, mask, keywords = start("Serial", x, keywords)
         for layer, k in zip(self.layers, split_key(key, len(self.layers))):
-            x = call(layer, x, k, keywords)
-        return x
+            if mask is None:
+                x = call(layer, x, k, keywords)
+                continue
+            x = zero_masked(x, mask)
+            y = call(layer, x, k, with_mask(keywords, mask))
+            mask = output_mask(layer, mask, _shape(x))
+            x = y
+        return zero_masked(x, mask)
 
     def output_shape(self, input_shape):
         for layer in self.layers:
             input_shape = layer.output_shape(input_shape)
         return input_shape
+
+    def output_mask(self, mask, input_shape):
+        for layer in self.layers:
+            mask = output_mask(layer, mask, input_shape)
+            input_shape = layer.output_shape(input_shape)
+        return mask
 
     def init(self, key: PRNGKeyArray, input_shape) -> Serial:
         layers = []
@@ -73,7 +87,7 @@ class Serial(AbstractLayer):
 
     def propagate(self, k):
         for layer in self.layers:
-            k = layer.propagate(k)
+            k = propagate(layer, k)
         return k
 
 
@@ -100,9 +114,26 @@ class Parallel(AbstractLayer):
 
     def __call__(self, x, *, key: PRNGKeyArray | None = None, **keywords):
         self._check(len(x))
+        x, mask, keywords = start("Parallel", x, keywords)
         keys = split_key(key, len(self.layers))
+        if mask is None:
+            return tuple(
+                call(layer, xi, k, keywords)
+                for layer, xi, k in zip(self.layers, x, keys)
+            )
+        masks = mask if isinstance(mask, tuple) else (mask,) * len(x)
+        x = zero_masked(x, masks)
+        y = tuple(
+            call(layer, xi, k, with_mask(keywords, mi))
+            for layer, xi, k, mi in zip(self.layers, x, keys, masks)
+        )
+        return zero_masked(y, self.output_mask(masks, _shape(x)))
+
+    def output_mask(self, mask, input_shape):
+        masks = mask if isinstance(mask, tuple) else (mask,) * len(self.layers)
         return tuple(
-            call(layer, xi, k, keywords) for layer, xi, k in zip(self.layers, x, keys)
+            output_mask(layer, m, s)
+            for layer, m, s in zip(self.layers, masks, input_shape)
         )
 
     def output_shape(self, input_shape):
@@ -136,7 +167,7 @@ class Parallel(AbstractLayer):
                 f"FanOut({len(self.layers)}) before it."
             )
         self._check(len(k))
-        return tuple(layer.propagate(ki) for layer, ki in zip(self.layers, k))
+        return tuple(propagate(layer, ki) for layer, ki in zip(self.layers, k))
 
 
 class FanOut(AbstractLayer):
@@ -160,8 +191,18 @@ class FanOut(AbstractLayer):
             return any(output_full)
         return output_full
 
+    def output_mask(self, mask, input_shape):
+        return (mask,) * self.num
+
     def propagate(self, k):
         return (k,) * self.num
+
+
+def _shape(x):
+    """Per-example shape of one input, or the tuple of shapes of several."""
+    if isinstance(x, tuple):
+        return tuple(_shape(a) for a in x)
+    return tuple(x.shape)
 
 
 def _is_multi(shape) -> bool:
@@ -241,8 +282,9 @@ class Repeat(AbstractLayer):
         )
 
     def __call__(self, x, *, key: PRNGKeyArray | None = None, **keywords):
+        x, mask, keywords = start("Repeat", x, keywords)
         if self.n == 0:
-            return x
+            return zero_masked(x, mask)
         if self.stacked is None:
             return self.layer(x, key=key)  # raises the missing-weights error
         dynamic, static = eqx.partition(self.stacked, eqx.is_array)
@@ -251,10 +293,29 @@ class Repeat(AbstractLayer):
         def body(carry, inputs):
             params, k = inputs
             layer = eqx.combine(params, static)
-            return call(layer, carry, k, keywords), None
+            if mask is None:
+                return call(layer, carry, k, keywords), None
+            x, m = carry
+            x = zero_masked(x, m)
+            y = call(layer, x, k, with_mask(keywords, m))
+            return (y, output_mask(layer, m, _shape(x))), None
 
-        x, _ = jax.lax.scan(body, x, (dynamic, keys))
-        return x
+        if mask is None:
+            x, _ = jax.lax.scan(body, x, (dynamic, keys))
+            return x
+        (x, mask), _ = jax.lax.scan(body, (x, mask), (dynamic, keys))
+        return zero_masked(x, mask)
+
+    def output_mask(self, mask, input_shape):
+        if self.n == 0:
+            return mask
+        mask = output_mask(self.layer, mask, input_shape)
+        shape = self.layer.output_shape(input_shape)
+
+        def body(_, m):
+            return output_mask(self.layer, m, shape)
+
+        return jax.lax.fori_loop(1, self.n, body, mask)
 
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         layout = output_full
@@ -265,11 +326,11 @@ class Repeat(AbstractLayer):
     def propagate(self, k):
         if self.n == 0:
             return k
-        k = self.layer.propagate(k)
+        k = propagate(self.layer, k)
         if self.n == 1:
             return k
         dynamic, static = eqx.partition(k, eqx.is_array)
-        out = eqx.filter_eval_shape(self.layer.propagate, k)
+        out = eqx.filter_eval_shape(lambda k: propagate(self.layer, k), k)
         same = jax.tree.structure(out) == jax.tree.structure(k) and all(
             (a.shape, a.dtype) == (b.shape, b.dtype)
             for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(k))
@@ -282,7 +343,7 @@ class Repeat(AbstractLayer):
 
         def body(carry, _):
             return eqx.partition(
-                self.layer.propagate(eqx.combine(carry, static)), eqx.is_array
+                propagate(self.layer, eqx.combine(carry, static)), eqx.is_array
             )[0], None
 
         dynamic, _ = jax.lax.scan(body, dynamic, None, length=self.n - 1)

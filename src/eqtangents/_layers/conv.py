@@ -8,10 +8,11 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._layer import AbstractLayer, Shape, as_shape, missing_weights
+from .._mask import center_taps
 from .._typing import Scalar
 from ._affine import check_parameterization, scale_and_shift, to_std
 from ._spatial import (
@@ -229,6 +230,12 @@ class Conv(AbstractLayer):
         elif self.bias is not None:
             y = y + self.bias.reshape((-1,) + (1,) * n_spatial)
         return y
+
+    def output_mask(
+        self, mask: Bool[Array, "*spatial"], input_shape: Shape
+    ) -> Bool[Array, "*spatial_out"]:
+        windows, strides, dilations, _ = self._geometry(input_shape)
+        return center_taps(mask, windows, strides, dilations, self.padding)
 
     def propagate(self, k: Kernel) -> Kernel:
         windows, strides, dilations, _ = self._geometry(k.shape1)

@@ -7,10 +7,11 @@ from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel, spatial_diagonal
 from .._layer import AbstractLayer, Shape, as_shape, missing_weights
+from .._mask import center_taps
 from .._typing import Scalar
 from ._affine import check_parameterization, scale_and_shift, to_std
 from ._spatial import (
@@ -216,6 +217,15 @@ class ConvLocal(AbstractLayer):
         )
         fan_in = x.shape[0] * math.prod(windows)
         return scale_outputs(self, y, self.bias, fan_in)
+
+    def output_mask(
+        self, mask: Bool[Array, "*spatial"], input_shape: Shape
+    ) -> Bool[Array, "*spatial_out"]:
+        """An output is masked when the central tap of its window is (as in
+        `et.Conv`)."""
+        windows, strides, _ = self._geometry(input_shape)
+        ones = (1,) * len(windows)
+        return center_taps(mask, windows, strides, ones, self.padding)
 
     def propagate(self, k: Kernel) -> Kernel:
         windows, strides, _ = self._geometry(k.shape1)

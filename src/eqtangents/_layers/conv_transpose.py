@@ -19,7 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._layer import AbstractLayer, Shape, as_shape, missing_weights
@@ -279,6 +279,30 @@ class ConvTranspose(AbstractLayer):
         if self.bias is not None:
             bias = self.bias.reshape((-1,) + (1,) * len(windows))
         return scale_outputs(self, y, bias, x.shape[0] * math.prod(windows))
+
+    def output_mask(
+        self, mask: Bool[Array, "*spatial"], input_shape: Shape
+    ) -> Bool[Array, "*spatial_out"]:
+        """An output is masked when any masked input reaches it through a tap
+        (the transposed convolution of the mask with a filter of ones), as in
+        Neural Tangents."""
+        windows, strides, _ = self._geometry(input_shape)
+        circular = self.padding == "CIRCULAR"
+        pads = [
+            transpose_pads(k, s, "VALID" if circular else self.padding)
+            for k, s in zip(windows, strides)
+        ]
+        hits = jax.lax.conv_general_dilated(
+            mask.astype(jnp.float32)[None, None],
+            jnp.ones((1, 1) + windows, jnp.float32),
+            window_strides=(1,) * len(windows),
+            padding=pads,
+            lhs_dilation=strides,
+        )[0, 0]
+        if circular:
+            for axis, (n, k, s) in enumerate(zip(input_shape[1:], windows, strides)):
+                hits = wrap_outputs(hits, axis, k, s, n)
+        return hits > 0.5
 
     def propagate(self, k: Kernel) -> Kernel:
         windows, strides, _ = self._geometry(k.shape1)

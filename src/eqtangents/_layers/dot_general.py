@@ -156,6 +156,13 @@ class DotGeneral(AbstractLayer):
         self.output_shape(tuple(x.shape))
         return self._dot(x)
 
+    def output_mask(self, mask: Array, input_shape: Shape) -> Array:
+        raise ValueError(
+            "DotGeneral does not support masks (`mask_constant`): its contraction "
+            "mixes padded and unpadded positions. Remove `mask_constant`, or "
+            "apply the constant array before masking the inputs."
+        )
+
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         if self._other is not None and self._input_axes()[0]:
             return True

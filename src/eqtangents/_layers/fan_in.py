@@ -2,6 +2,11 @@
 
 Branches are assumed independent given the input, which holds when every
 branch starts with its own randomly initialised layer (Dense, Conv, ...).
+
+With masks (`mask_constant`) an output position is masked when it is masked
+in every branch, as in Neural Tangents (each branch's masked positions are
+zero, so they add nothing); concatenation along a spatial axis concatenates
+the branches' masks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ def _check_kernels(layer: AbstractLayer, ks) -> tuple[Kernel, ...]:
     return tuple(ks)
 
 
+def _all_branches(masks):
+    """A position is masked when it is masked in every branch (a branch
+    without a mask masks nothing)."""
+    if any(m is None for m in masks):
+        return None
+    return functools.reduce(operator.and_, masks)
+
+
 def _same_shapes(layer: AbstractLayer, shapes) -> None:
     check_branches(layer, shapes)
     if any(s != shapes[0] for s in shapes):
@@ -46,6 +59,9 @@ class FanInSum(AbstractLayer):
     def output_shape(self, input_shape):
         _same_shapes(self, input_shape)
         return input_shape[0]
+
+    def output_mask(self, mask, input_shape):
+        return _all_branches(mask)
 
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return output_full
@@ -81,6 +97,9 @@ class FanInProd(AbstractLayer):
     def output_shape(self, input_shape):
         _same_shapes(self, input_shape)
         return input_shape[0]
+
+    def output_mask(self, mask, input_shape):
+        return _all_branches(mask)
 
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return output_full
@@ -152,6 +171,16 @@ class FanInConcat(AbstractLayer):
             )
         s0 = input_shape[0]
         return s0[:axis] + (sum(s[axis] for s in input_shape),) + s0[axis + 1 :]
+
+    def output_mask(self, mask, input_shape):
+        axis = self._axis(len(input_shape[0]))
+        if axis == 0:
+            return _all_branches(mask)
+        masks = [
+            jnp.zeros(s[1:], bool) if m is None else m
+            for m, s in zip(mask, input_shape)
+        ]
+        return jnp.concatenate(masks, axis=axis - 1)
 
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return output_full

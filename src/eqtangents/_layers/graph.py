@@ -38,7 +38,8 @@ class Aggregate(AbstractLayer):
 
     on the aggregated axes (Du et al. 2019, "Graph Neural Tangent Kernel").
     It mixes positions, so it needs full spatial covariances. A pattern of
-    `None` (on one side, or both) is the identity: no aggregation.
+    `None` (on one side, or both) is the identity: no aggregation. Masks
+    (`mask_constant`) pass through unchanged; masked vertices send zeros.
 
     **Arguments:**
 

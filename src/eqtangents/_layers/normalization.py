@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel, outer_layout
 from .._layer import AbstractLayer, Shape, as_shape, require_gaussian
+from .._mask import check_mask, side2
 
 
 def _check_axes(axis) -> tuple[int, ...]:
@@ -45,6 +46,12 @@ class LayerNorm(AbstractLayer):
     diagonal of the input covariance enters the scale, so the layer works on
     either layout.
 
+    With masks (`mask_constant`, or `mask=` in the forward pass, `True` at the
+    padded positions of the example) the statistics run over the unmasked
+    positions alone, as in Neural Tangents: $\mu$ and $\sigma^2$ in the forward
+    pass, and $\bar v(p)$, the mean of $K[q, q]$ over the unmasked $q$, in the
+    kernel.
+
     **Arguments:**
 
     - `axis`: the per-example axes to normalize over; must include the channel
@@ -54,6 +61,7 @@ class LayerNorm(AbstractLayer):
 
     axis: int | tuple[int, ...] = eqx.field(static=True)
     eps: float
+    call_keywords = frozenset({"mask"})
 
     def __init__(self, axis: int | tuple[int, ...] = 0, eps: float = 1e-12):
         axes = _check_axes(axis)
@@ -84,12 +92,23 @@ class LayerNorm(AbstractLayer):
         return shape
 
     def __call__(
-        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Float[Array, "c *spatial"],
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
     ) -> Float[Array, "c *spatial"]:
         axes = self._axes(x.shape)
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-        return (x - mean) / jnp.sqrt(var + self.eps)
+        if mask is None:
+            mean = jnp.mean(x, axis=axes, keepdims=True)
+            var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+            return (x - mean) / jnp.sqrt(var + self.eps)
+        keep = jnp.broadcast_to(~check_mask("LayerNorm", mask, x.shape), x.shape)
+        keep = keep.astype(x.dtype)
+        count = jnp.maximum(jnp.sum(keep, axis=axes, keepdims=True), 1)
+        mean = jnp.sum(x * keep, axis=axes, keepdims=True) / count
+        var = jnp.sum(jnp.square((x - mean) * keep), axis=axes, keepdims=True)
+        return (x - mean) / jnp.sqrt(var / count + self.eps)
 
     def propagate(self, k: Kernel) -> Kernel:
         axes = self._axes(self.output_shape(k.shape1))
@@ -103,12 +122,16 @@ class LayerNorm(AbstractLayer):
         # Positions of the normalized spatial axes in a spatial diagonal (n, *s).
         spatial = tuple(a for a in axes if a > 0)
 
-        def scale(cov):
+        def scale(cov, mask):
             v = k.diagonal_of_cov(cov)
-            return jnp.mean(v, axis=spatial, keepdims=True) + self.eps
+            if mask is None:
+                return jnp.mean(v, axis=spatial, keepdims=True) + self.eps
+            keep = (~mask).astype(v.dtype)
+            count = jnp.maximum(jnp.sum(keep, axis=spatial, keepdims=True), 1)
+            return jnp.sum(v * keep, axis=spatial, keepdims=True) / count + self.eps
 
-        v1 = scale(k.cov1)
-        v2 = v1 if k.cov2 is None else scale(k.cov2)
+        v1 = scale(k.cov1, k.mask1)
+        v2 = v1 if k.cov2 is None else scale(k.cov2, side2(k))
         left, right = outer_layout(v1, v2, k.diagonal_spatial)
         cross = jnp.sqrt(left * right)
 

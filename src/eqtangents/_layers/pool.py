@@ -5,6 +5,11 @@ outputs stay Gaussian when the inputs are; its kernel rule mixes all pairs of
 positions and needs full spatial covariances:
 $K'[p, p'] = \sum_{i, i'} a_{p i} a_{p' i'} K[i, i']$ with $a$ the pooling
 weights.
+
+With masks (`mask_constant`), masked inputs are zeros: windowed pooling keeps
+its normalization and masks an output where the central tap of its window is
+masked; global pooling masks an example only if all its positions are, and
+`GlobalAvgPool` averages over the unmasked positions alone.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel, spatial_diagonal
 from .._layer import AbstractLayer, Layout, Shape, as_shape
+from .._mask import center_taps, check_mask, side2, unmasked_counts
 from ._spatial import (
     Normalization,
     Padding,
@@ -85,6 +91,12 @@ def _pool_forward(x, geometry: _Window, padding: str, norm: Normalization):
     return x
 
 
+def _pool_mask(layer, mask, input_shape, kernel_size, stride, padding) -> Array:
+    g = _geometry(layer, kernel_size, stride, padding, input_shape)
+    ones = (1,) * len(g.windows)
+    return center_taps(mask, g.windows, g.strides, ones, padding)
+
+
 def _pool_propagate(layer, k: Kernel, kernel_size, stride, padding, norm) -> Kernel:
     _require_full(layer, k)
     g1 = _geometry(layer, kernel_size, stride, padding, k.shape1)
@@ -115,6 +127,10 @@ class AvgPool(AbstractLayer):
     - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"` (see `et.Conv`).
     - `normalize_edges`: divide by the number of taps inside the input instead
       of the window size.
+
+    Masked inputs (`mask_constant`) are zeros and still count in the
+    normalization, as in Neural Tangents; an output is masked when the central
+    tap of its window is.
     """
 
     kernel_size: int | tuple[int, ...] = eqx.field(static=True)
@@ -150,6 +166,13 @@ class AvgPool(AbstractLayer):
         g = _geometry(self, self.kernel_size, self.stride, self.padding, x.shape)
         return _pool_forward(x, g, self.padding, self._norm)
 
+    def output_mask(
+        self, mask: Bool[Array, "*spatial"], input_shape: Shape
+    ) -> Bool[Array, "*spatial_out"]:
+        return _pool_mask(
+            self, mask, input_shape, self.kernel_size, self.stride, self.padding
+        )
+
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return True
 
@@ -171,6 +194,9 @@ class SumPool(AbstractLayer):
     - `stride`: step between windows; `None` (the default, as in Neural
       Tangents) means stride 1.
     - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"` (see `et.Conv`).
+
+    Masked inputs (`mask_constant`) are zeros; an output is masked when the
+    central tap of its window is.
     """
 
     kernel_size: int | tuple[int, ...] = eqx.field(static=True)
@@ -199,6 +225,13 @@ class SumPool(AbstractLayer):
         g = _geometry(self, self.kernel_size, self.stride, self.padding, x.shape)
         return _pool_forward(x, g, self.padding, "sum")
 
+    def output_mask(
+        self, mask: Bool[Array, "*spatial"], input_shape: Shape
+    ) -> Bool[Array, "*spatial_out"]:
+        return _pool_mask(
+            self, mask, input_shape, self.kernel_size, self.stride, self.padding
+        )
+
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return True
 
@@ -208,49 +241,91 @@ class SumPool(AbstractLayer):
         )
 
 
-def _global(layer, k: Kernel, reduce) -> Kernel:
+def _global(layer, k: Kernel, average: bool) -> Kernel:
+    """Sums (or averages, over the unmasked positions) covariances over all
+    pairs of positions."""
     _require_full(layer, k)
     if k.n_spatial == 0:
         return k
+    size = math.prod(k.shape1[1:])
+    dtype = k.nngp.dtype
+    n1 = unmasked_counts(k.mask1, size, dtype)
+    n2 = unmasked_counts(side2(k), size, dtype)
 
-    def pool(cov, batch_ndim):
-        return reduce(cov, axis=tuple(range(batch_ndim, cov.ndim)))
+    def pool(cov, count):
+        total = jnp.sum(cov, axis=tuple(range(cov.ndim - k.n_spatial * 2, cov.ndim)))
+        return total / count if average else total
+
+    if k.diagonal_batch or not (k.mask1 is not None or side2(k) is not None):
+        cross = n1 * n1
+    else:
+        cross = jnp.outer(n1, n2)
 
     # Flat kernels use the layout of flat inputs (`diagonal_spatial=True`).
     return k.replace(
-        **_map(k, pool),
+        nngp=pool(k.nngp, cross),
+        ntk=None if k.ntk is None else pool(k.ntk, cross),
+        cov1=pool(k.cov1, n1 * n1),
+        cov2=None if k.cov2 is None else pool(k.cov2, n2 * n2),
         shape1=k.shape1[:1],
         shape2=k.shape2[:1],
         diagonal_spatial=True,
     )
 
 
+def _all_masked(mask: Bool[Array, "*spatial"]) -> Bool[Array, ""]:
+    """A flat output is masked when every position of its input is."""
+    return jnp.all(mask)
+
+
 class GlobalAvgPool(AbstractLayer):
     r"""Average of each channel over all positions: `(C, *spatial) -> (C,)`.
 
     $K' = \frac{1}{|S|^2}\sum_{p, p'} K[p, p']$.
+
+    With masks (`mask_constant`, or `mask=` in the forward pass, `True` at the
+    padded positions of the example) the average runs over the unmasked
+    positions alone: $y = \frac{1}{|U|}\sum_{p \in U} x[p]$ and
+    $K'_{12} = \frac{1}{|U_1||U_2|}\sum_{p \in U_1, p' \in U_2} K[p, p']$,
+    as in Neural Tangents (a fully masked example averages to zero, and its
+    output is masked).
     """
+
+    call_keywords = frozenset({"mask"})
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return as_shape(input_shape, self)[:1]
 
     def __call__(
-        self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Float[Array, "c *spatial"],
+        *,
+        key: PRNGKeyArray | None = None,
+        mask: Bool[Array, "..."] | None = None,
     ) -> Float[Array, " c"]:
-        return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+        axes = tuple(range(1, x.ndim))
+        if mask is None:
+            return jnp.mean(x, axis=axes)
+        mask = check_mask("GlobalAvgPool", mask, x.shape)
+        count = jnp.maximum(jnp.sum(~mask), 1).astype(x.dtype)
+        return jnp.sum(jnp.where(mask, jnp.zeros((), x.dtype), x), axis=axes) / count
+
+    def output_mask(self, mask: Bool[Array, "*spatial"], input_shape: Shape):
+        return _all_masked(mask)
 
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return True
 
     def propagate(self, k: Kernel) -> Kernel:
         self.output_shape(k.shape1)
-        return _global(self, k, jnp.mean)
+        return _global(self, k, average=True)
 
 
 class GlobalSumPool(AbstractLayer):
     r"""Sum of each channel over all positions: `(C, *spatial) -> (C,)`.
 
-    $K' = \sum_{p, p'} K[p, p']$.
+    $K' = \sum_{p, p'} K[p, p']$. Masked positions (`mask_constant`) are zeros
+    and add nothing; the output is masked when all positions are.
     """
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -261,12 +336,15 @@ class GlobalSumPool(AbstractLayer):
     ) -> Float[Array, " c"]:
         return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
+    def output_mask(self, mask: Bool[Array, "*spatial"], input_shape: Shape):
+        return _all_masked(mask)
+
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return True
 
     def propagate(self, k: Kernel) -> Kernel:
         self.output_shape(k.shape1)
-        return _global(self, k, jnp.sum)
+        return _global(self, k, average=False)
 
 
 class Flatten(AbstractLayer):
@@ -281,6 +359,10 @@ class Flatten(AbstractLayer):
     The flattened units at different positions are not identically distributed,
     so the outputs no longer count as Gaussian: follow `Flatten` by an affine
     layer (`et.Dense`) before any nonlinearity. On flat inputs it does nothing.
+
+    Masked positions (`mask_constant`) are zeros and still count in the
+    average over positions (the following `Dense` has fan-in
+    $C \prod_j S_j$); the flat output is masked when all positions are.
     """
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -290,6 +372,9 @@ class Flatten(AbstractLayer):
         self, x: Float[Array, "c *spatial"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, " features"]:
         return x.reshape(-1)
+
+    def output_mask(self, mask: Bool[Array, "*spatial"], input_shape: Shape):
+        return _all_masked(mask)
 
     def needs_full_spatial(self, output_full: Layout) -> Layout:
         return False

@@ -229,6 +229,13 @@ class ImageResize(AbstractLayer):
             precision=self.precision,
         )  # fmt: skip
 
+    def output_mask(self, mask: Array, input_shape: Shape) -> Array:
+        raise ValueError(
+            "ImageResize does not support masks (`mask_constant`): interpolation "
+            "mixes padded and unpadded positions. Remove `mask_constant`, or "
+            "resize the inputs before masking them."
+        )
+
     def _resizes_space(self) -> bool:
         return any(s != -1 for s in self.shape[1:])
 
@@ -354,6 +361,10 @@ class Index(AbstractLayer):
     ) -> Float[Array, "c_out *spatial_out"]:
         self.output_shape(tuple(x.shape))
         return x[self._canonical(x.ndim)]
+
+    def output_mask(self, mask: Array, input_shape: Shape) -> Array:
+        """The same selection of positions (`mask_constant`)."""
+        return mask[self._canonical(len(input_shape))[1:]]
 
     def propagate(self, k: Kernel) -> Kernel:
         shape1, shape2 = self.output_shape(k.shape1), self.output_shape(k.shape2)
