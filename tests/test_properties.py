@@ -75,9 +75,7 @@ def _check_kernel(model, x):
         np.testing.assert_allclose(mat, mat.T, rtol=1e-10, atol=1e-12)
         eigenvalues = np.linalg.eigvalsh(mat)
         assert eigenvalues.min() >= -1e-9 * max(eigenvalues.max(), 1e-30)
-        np.testing.assert_allclose(
-            mat, getattr(explicit, name), rtol=1e-10, atol=1e-12
-        )
+        np.testing.assert_allclose(mat, getattr(explicit, name), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.diagonal(k.nngp), k.cov1, rtol=1e-10, atol=1e-12)
 
 
@@ -107,7 +105,8 @@ def test_layout_fold_keeps_only_diagonals_before_flatten():
     for name, model in (("flat", flat), ("pooled", pooled)):
         jaxpr = jax.make_jaxpr(lambda a, m=model: m.kernel(a, None))(x)
         peak[name] = max(
-            int(np.prod(v.aval.shape)) for eqn in _equations(jaxpr.jaxpr)
+            int(np.prod(v.aval.shape))
+            for eqn in _equations(jaxpr.jaxpr)
             for v in eqn.outvars
         )
     assert peak["flat"] == 2 * 2 * 6 * 6  # (N1, N2, H, W)
