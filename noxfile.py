@@ -19,7 +19,10 @@ def slow(session):
     """Exhaustive checks: the tests marked `slow`, and many more hypothesis examples."""
     session.install("-e", ".[test]")
     session.run(
-        "pytest", "-m", "slow or not slow", "--hypothesis-profile=thorough",
+        "pytest",
+        "-m",
+        "slow or not slow",
+        "--hypothesis-profile=thorough",
         *session.posargs,
     )
 
@@ -44,11 +47,18 @@ def compare(session):
     if not nt_python.exists():
         session.run("python", "-m", "venv", str(nt_env))
         session.run(
-            str(nt_python), "-m", "pip", "install", "-q", *NT_REQUIREMENTS,
+            str(nt_python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            *NT_REQUIREMENTS,
             external=True,
         )
     session.run(
-        "python", "benchmarks/compare.py", f"--nt-python={nt_python}",
+        "python",
+        "benchmarks/compare.py",
+        f"--nt-python={nt_python}",
         *session.posargs,
     )
 
