@@ -6,7 +6,7 @@ on this machine, one after the other, and prints a table of the ratios.
 `PATH` is the Python of an environment with `neural-tangents==0.6.5` and
 `jax==0.4.23` (`nox -s compare` makes one). Each workload runs in a fresh
 process per library, so peak memories are each library's own. Prints every
-JSON line as it arrives, then the table: seconds (steady state, median of
+JSON line as it arrives, then the table: seconds (steady state, best of
 `--repeats`), first-call seconds (compilation included) and peak memory, with
 the ratio eqtangents / NT for each.
 """

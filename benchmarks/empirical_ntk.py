@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+from _common import run_fresh, time_calls
 
 IMPLEMENTATIONS = (
     "jacobian_contraction",
@@ -117,35 +115,10 @@ def _neural_tangents(workload, implementation):
     return lambda: ntk_fn(x, None, params)
 
 
-def _peak_memory_mb() -> float:
-    import jax
-
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak_kb / 1024
-
-
 def measure(library, workload, implementation, repeats):
     make = _eqtangents if library == "eqtangents" else _neural_tangents
-    run = make(workload, implementation)
-    start = time.perf_counter()
-    run().block_until_ready()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run().block_until_ready()
-        times.append(time.perf_counter() - start)
-    return {
-        "workload": workload,
-        "library": library,
-        "implementation": implementation,
-        "seconds": statistics.median(times),
-        "first_call_seconds": first,
-        "peak_memory_mb": _peak_memory_mb(),
-    }
+    row = {"workload": workload, "library": library, "implementation": implementation}
+    return {**row, **time_calls(make(workload, implementation), repeats)}
 
 
 def main():
@@ -177,22 +150,12 @@ def main():
                 f"--implementation={implementation}",
                 f"--repeats={args.repeats}",
             ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines()
-                errors = [line for line in lines if "Error" in line] or ["failed"]
-                print(
-                    json.dumps(
-                        {
-                            "workload": workload,
-                            "library": args.library,
-                            "implementation": implementation,
-                            "error": errors[-1],
-                        }
-                    )
-                )
-            else:
-                print(done.stdout.strip().splitlines()[-1], flush=True)
+            labels = {
+                "workload": workload,
+                "library": args.library,
+                "implementation": implementation,
+            }
+            run_fresh(command, labels)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
+
+from _common import run_fresh, time_calls
 
 WORKLOADS = ("fc", "cnn_flatten", "cnn_pool", "myrtle5", "deep_compile")
 BATCH = {"fc": 2048, "cnn_flatten": 64, "cnn_pool": 8, "myrtle5": 4, "deep_compile": 8}
@@ -117,35 +116,10 @@ def _neural_tangents(workload, quick):
     return lambda: kernel_fn(x, None, get=("nngp", "ntk"))
 
 
-def _peak_memory_mb() -> float:
-    import jax
-
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure(library, workload, repeats, quick):
-    import jax
-
     make = _eqtangents if library == "eqtangents" else _neural_tangents
-    run = make(workload, quick)
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return {
-        "workload": workload,
-        "library": library,
-        "seconds": min(times),
-        "first_call_seconds": first,
-        "peak_memory_mb": _peak_memory_mb(),
-    }
+    row = {"workload": workload, "library": library}
+    return {**row, **time_calls(make(workload, quick), repeats)}
 
 
 def main():
@@ -169,14 +143,7 @@ def main():
             f"--workload={workload}",
             f"--repeats={args.repeats}",
         ] + (["--quick"] if args.quick else [])
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            errors = [line for line in lines if "Error" in line] or ["failed"]
-            row = {"workload": workload, "library": args.library, "error": errors[-1]}
-            print(json.dumps(row), flush=True)
-        else:
-            print(done.stdout.strip().splitlines()[-1], flush=True)
+        run_fresh(command, {"workload": workload, "library": args.library})
 
 
 if __name__ == "__main__":

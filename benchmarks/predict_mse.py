@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+from _common import run_fresh, time_calls
 
 N_TRAIN, N_TEST, DIM, WIDTH, DEPTH = 4000, 1000, 64, 512, 3
 W_STD, B_STD, DIAG_REG = 1.5, 0.05, 1e-4
@@ -91,34 +89,10 @@ def _neural_tangents():
     return run
 
 
-def _peak_memory_mb() -> float:
-    import jax
-
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure(library: str, repeats: int) -> dict:
-    import jax
-
     run = _eqtangents() if library == "eqtangents" else _neural_tangents()
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return {
-        "workload": "predict_mse",
-        "library": library,
-        "seconds": statistics.median(times),
-        "first_call_seconds": first,
-        "peak_memory_mb": _peak_memory_mb(),
-    }
+    row = {"workload": "predict_mse", "library": library}
+    return {**row, **time_calls(run, repeats)}
 
 
 def main():
@@ -137,21 +111,7 @@ def main():
         f"--library={args.library}",
         f"--repeats={args.repeats}",
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        errors = [line for line in lines if "Error" in line] or ["failed"]
-        print(
-            json.dumps(
-                {
-                    "workload": "predict_mse",
-                    "library": args.library,
-                    "error": errors[-1],
-                }
-            )
-        )
-    else:
-        print(done.stdout.strip().splitlines()[-1], flush=True)
+    run_fresh(command, {"workload": "predict_mse", "library": args.library})
 
 
 if __name__ == "__main__":
