@@ -169,7 +169,7 @@ def test_dense_features_are_exact_without_relu():
     k = et.Serial(et.Dense(8, 1.3, 0.4), et.Dense(1, 0.7, 0.2)).kernel(x, None)
     fmodel = F.Serial(F.Dense(1.3, 0.4), F.Dense(0.7, 0.2))
     f = fmodel.init(jax.random.key(0), (4,))(F.Features.from_inputs(x))
-    assert f.shape == (6, 11, None)
+    assert f.shape == F.FeatureShape(6, 11, None)
     np.testing.assert_allclose(F.kernel(f, get="nngp"), k.nngp, atol=1e-12)
     np.testing.assert_allclose(F.kernel(f, get="ntk"), k.ntk, atol=1e-12)
 

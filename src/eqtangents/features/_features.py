@@ -42,52 +42,97 @@ class FeatureShape(NamedTuple):
       an exact layer, whose features have one column per example of the batch.
     - `width`: the channel count of the network there (the fan-in of the next
       `Dense`, needed by the standard parameterization), or `None` if unknown.
+    - `spatial`: the spatial shape of the network there, `()` for flat
+      features.
     """
 
     nngp: int | None
     ntk: int | None
     width: int | None
+    spatial: tuple[int, ...] = ()
 
 
 class Features(eqx.Module):
     r"""Feature matrices of a batch: $K \approx \Phi\Phi^\top$, $\Theta \approx
     \Psi\Psi^\top$.
 
+    Features are laid out `(N, *spatial, d)`: one feature vector per example and
+    spatial position, features last (the network's channels are the infinite
+    axis, replaced by the `d` features). For images,
+    `nngp[n1, n2, s, s'] = <nngp_feat[n1, s], nngp_feat[n2, s']>`.
+
     **Fields:**
 
-    - `nngp_feat`: $\Phi$, one row per example.
-    - `ntk_feat`: $\Psi$, one row per example (zero columns at the inputs, where
-      the NTK is zero).
+    - `nngp_feat`: $\Phi$, `(N, *spatial, d_nngp)`.
+    - `ntk_feat`: $\Psi$, `(N, *spatial, d_ntk)` (no columns at the inputs,
+      where the NTK is zero).
+    - `pattern`: the graph adjacency of each example, `(N, V, V)`, read by
+      `features.Aggregate`; `None` without graphs.
     """
 
-    nngp_feat: Float[Array, "n d_nngp"]
-    ntk_feat: Float[Array, "n d_ntk"]
+    nngp_feat: Float[Array, "n *spatial d_nngp"]
+    ntk_feat: Float[Array, "n *spatial d_ntk"]
+    pattern: Float[Array, "n v v"] | None = None
 
     @classmethod
-    def from_inputs(cls, x: Float[Array, "n c"]) -> Features:
-        r"""The features of the network inputs: $\Phi = x / \sqrt{C}$, so that
-        $\Phi\Phi^\top = x x^\top / C$ is the input kernel, and $\Psi$ empty."""
+    def from_inputs(
+        cls,
+        x: Float[Array, "n c *spatial"],
+        pattern: Float[Array, "n v v"] | None = None,
+    ) -> Features:
+        r"""The features of network inputs `(N, C, *spatial)` (channels first, as
+        for `model.kernel`): $\Phi_s = x_{:, s} / \sqrt{C}$ at each position $s$,
+        so that $\Phi\Phi^\top = x x^\top / C$ is the input kernel, and $\Psi$
+        empty. `pattern` is the graph adjacency of each example, if any."""
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.inexact):
             x = x.astype(jnp.result_type(float))
-        if x.ndim != 2:
+        if x.ndim < 2:
             raise ValueError(
-                f"Features.from_inputs: `x` has shape {x.shape}; feature layers "
-                "take flat inputs `(N, C)`. Reshape images with "
-                "`x.reshape(len(x), -1)`."
+                f"Features.from_inputs: `x` has shape {x.shape}; give a batch "
+                "`(N, C, *spatial)`, e.g. `x[None]` for one example."
             )
-        nngp = x / jnp.sqrt(x.shape[1]).astype(x.dtype)
-        return cls(nngp_feat=nngp, ntk_feat=jnp.zeros((x.shape[0], 0), x.dtype))
+        nngp = jnp.moveaxis(x, 1, -1) / jnp.sqrt(x.shape[1]).astype(x.dtype)
+        if pattern is not None:
+            pattern = jnp.asarray(pattern, x.dtype)
+        return cls(
+            nngp_feat=nngp,
+            ntk_feat=jnp.zeros(nngp.shape[:-1] + (0,), x.dtype),
+            pattern=pattern,
+        )
 
     @property
     def shape(self) -> FeatureShape:
-        """The feature widths (the network width is not recorded)."""
-        return FeatureShape(self.nngp_feat.shape[1], self.ntk_feat.shape[1], None)
+        """The feature widths and spatial shape (the width is not recorded)."""
+        return FeatureShape(
+            self.nngp_feat.shape[-1],
+            self.ntk_feat.shape[-1],
+            None,
+            tuple(self.nngp_feat.shape[1:-1]),
+        )
+
+    def replace(self, nngp_feat, ntk_feat) -> Features:
+        """The same batch (and graph pattern) with new feature matrices."""
+        return Features(nngp_feat=nngp_feat, ntk_feat=ntk_feat, pattern=self.pattern)
+
+
+def gram(a: Float[Array, "n1 *s d"], b: Float[Array, "n2 *s d"]) -> Array:
+    """Inner products of features in the layout of `et.Kernel`: `(N1, N2)` for
+    flat features, `(N1, N2, S_1, S_1', ..., S_d, S_d')` for spatial ones."""
+    n_spatial = a.ndim - 2
+    if n_spatial == 0:
+        return a @ b.T
+    letters = "ghijklmopqrstuvw"
+    left = letters[:n_spatial]
+    right = letters[n_spatial : 2 * n_spatial]
+    out = "".join(x + y for x, y in zip(left, right))
+    return jnp.einsum(f"a{left}z,b{right}z->ab{out}", a, b)
 
 
 def kernel(f1: Features, f2: Features | None = None, get: Get = None):
     r"""The kernels of two embedded batches, $\Phi_1\Phi_2^\top$ and
-    $\Psi_1\Psi_2^\top$.
+    $\Psi_1\Psi_2^\top$, laid out as `et.Kernel`'s (full spatial covariance
+    for spatial features).
 
     **Arguments:**
 
@@ -102,7 +147,7 @@ def kernel(f1: Features, f2: Features | None = None, get: Get = None):
     if len(set(names)) != len(names):
         raise ValueError(f"features.kernel: `get={get!r}` names a kernel twice.")
     computed = {
-        name: getattr(f1, f"{name}_feat") @ getattr(f2, f"{name}_feat").T
+        name: gram(getattr(f1, f"{name}_feat"), getattr(f2, f"{name}_feat"))
         for name in names
     }
     if isinstance(get, str):
@@ -122,7 +167,7 @@ class AbstractFeatureLayer(eqx.Module):
     Final subclasses give `__call__(f)`, `init(key, input_shape)` (a copy with
     its random projections drawn) and `output_shape(input_shape)`. Input shapes
     are `FeatureShape`s, or at the start of a network the per-example shape
-    `(C,)` of its inputs.
+    `(C, *spatial)` of its inputs.
     """
 
     @abc.abstractmethod
@@ -140,16 +185,18 @@ class AbstractFeatureLayer(eqx.Module):
 
 
 def as_feature_shape(input_shape, layer) -> FeatureShape:
-    """A `FeatureShape`, also from the per-example network input shape `(C,)`."""
+    """A `FeatureShape`, also from the per-example network input shape
+    `(C, *spatial)`."""
     if isinstance(input_shape, FeatureShape):
         return input_shape
     shape = tuple(input_shape)
-    if len(shape) != 1 or not isinstance(shape[0], int):
+    if len(shape) < 1 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(
             f"features.{type(layer).__name__}: expected a `FeatureShape` or the "
-            f"per-example shape `(C,)` of flat network inputs, got {input_shape!r}."
+            f"per-example shape `(C, *spatial)` of the network inputs, got "
+            f"{input_shape!r}."
         )
-    return FeatureShape(shape[0], 0, shape[0])
+    return FeatureShape(shape[0], 0, shape[0], shape[1:])
 
 
 def missing_projections(layer) -> ValueError:
@@ -161,7 +208,8 @@ def missing_projections(layer) -> ValueError:
 
 
 class Dense(AbstractFeatureLayer):
-    r"""Features of a fully connected layer (exact: no randomness).
+    r"""Features of a fully connected layer (exact: no randomness). On spatial
+    features it acts at each position, like a 1x1 convolution.
 
     With $K = \Phi\Phi^\top$ and $\Theta = \Psi\Psi^\top$ the layer's kernels are
     $K' = \sigma_w^2 K + \sigma_b^2$ and $\Theta' = K' + \sigma_w^2\Theta$ (ntk
@@ -217,7 +265,7 @@ class Dense(AbstractFeatureLayer):
         ntk = None
         if nngp is not None and shape.ntk is not None:
             ntk = nngp + shape.ntk
-        return FeatureShape(nngp, ntk, self.out_features)
+        return FeatureShape(nngp, ntk, self.out_features, shape.spatial)
 
     def init(self, key: PRNGKeyArray, input_shape) -> Dense:
         self.output_shape(input_shape)
@@ -231,10 +279,11 @@ class Dense(AbstractFeatureLayer):
 
     def __call__(self, f: Features) -> Features:
         phi, psi = f.nngp_feat, f.ntk_feat
-        n, dtype = phi.shape[0], phi.dtype
+        dtype = phi.dtype
+        ones = jnp.ones(phi.shape[:-1] + (1,), dtype)
         nngp = [self.W_std * phi]
         if self.b_std is not None:
-            nngp.append(self.b_std * jnp.ones((n, 1), dtype))
+            nngp.append(self.b_std * ones)
         if self.parameterization == "ntk":
             ntk = nngp + [self.W_std * psi]
         else:
@@ -245,12 +294,9 @@ class Dense(AbstractFeatureLayer):
                 )
             ntk = [jnp.sqrt(self.fan_in).astype(dtype) * phi]
             if self.b_std is not None:
-                ntk.append(jnp.ones((n, 1), dtype))
+                ntk.append(ones)
             ntk.append(self.W_std * psi)
-        return Features(
-            nngp_feat=jnp.concatenate(nngp, axis=1),
-            ntk_feat=jnp.concatenate(ntk, axis=1),
-        )
+        return f.replace(jnp.concatenate(nngp, axis=-1), jnp.concatenate(ntk, axis=-1))
 
 
 class Serial(AbstractFeatureLayer):
@@ -293,3 +339,33 @@ class Serial(AbstractFeatureLayer):
         for layer in self.layers:
             f = layer(f)
         return f
+
+
+def psd_factor(a: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """`F` with `F @ F.T == a` for a symmetric PSD `a`, by eigendecomposition
+    (negative eigenvalues, from rounding, clipped to zero)."""
+    evals, evecs = jnp.linalg.eigh((a + a.T) / 2)
+    return evecs * jnp.sqrt(jnp.maximum(evals, 0))
+
+
+def exact_activation(f: Features, duals) -> Features:
+    r"""Exact features after an elementwise activation, for debugging.
+
+    Forms the Gram matrices of all `N * S` feature vectors of the batch (every
+    example and position), applies `duals(nngp, var1, var2) -> (nngp', dot)`,
+    the activation's dual $T$ and derivative dual $\dot T$, and factorises
+    $K' = T(K)$ and $\Theta' = \dot T(K) \odot \Theta$ by `psd_factor`. The new
+    features have `N * S` columns and hold only for this batch.
+    """
+    lead = f.nngp_feat.shape[:-1]
+    phi = f.nngp_feat.reshape(-1, f.nngp_feat.shape[-1])
+    psi = f.ntk_feat.reshape(-1, f.ntk_feat.shape[-1])
+    nngp = phi @ phi.T
+    var = jnp.diagonal(nngp)
+    nngp, dot = duals(nngp, var[:, None], var[None, :])
+    ntk = dot * (psi @ psi.T)
+    width = phi.shape[0]
+    return f.replace(
+        psd_factor(nngp).reshape(lead + (width,)),
+        psd_factor(ntk).reshape(lead + (width,)),
+    )

@@ -15,6 +15,7 @@ from ._features import (
     Features,
     FeatureShape,
     as_feature_shape,
+    exact_activation,
     missing_projections,
 )
 from ._sketch import TensorSRHT
@@ -94,7 +95,7 @@ class Relu(AbstractFeatureLayer):
     def output_shape(self, input_shape) -> FeatureShape:
         shape = as_feature_shape(input_shape, self)
         if self.method == "exact":
-            return FeatureShape(None, None, shape.width)
+            return FeatureShape(None, None, shape.width, shape.spatial)
         if shape.nngp is None or shape.ntk is None:
             raise ValueError(
                 "features.Relu(method='random_features') follows an exact feature "
@@ -107,7 +108,7 @@ class Relu(AbstractFeatureLayer):
             ntk = self.step_dim * shape.ntk
         else:
             ntk = self.sketch_dim
-        return FeatureShape(self.nngp_dim, ntk, shape.width)
+        return FeatureShape(self.nngp_dim, ntk, shape.width, shape.spatial)
 
     def init(self, key: PRNGKeyArray, input_shape) -> Relu:
         self.output_shape(input_shape)
@@ -133,10 +134,10 @@ class Relu(AbstractFeatureLayer):
         if self.nngp_proj is None or self.step_proj is None:
             raise missing_projections(self)
         phi, psi = f.nngp_feat, f.ntk_feat
-        if phi.shape[1] != self.nngp_proj.shape[1]:
+        if phi.shape[-1] != self.nngp_proj.shape[1]:
             raise ValueError(
                 f"features.Relu was initialised for NNGP features of width "
-                f"{self.nngp_proj.shape[1]} but got {phi.shape[1]}; call `init` "
+                f"{self.nngp_proj.shape[1]} but got {phi.shape[-1]}; call `init` "
                 "with the input shape of this layer."
             )
         dtype = phi.dtype
@@ -144,28 +145,21 @@ class Relu(AbstractFeatureLayer):
         z0 = phi @ self.step_proj.T.astype(dtype)
         nngp = jnp.maximum(z1, 0) / jnp.sqrt(self.nngp_dim).astype(dtype)
         step = (z0 > 0).astype(dtype) / jnp.sqrt(self.step_dim).astype(dtype)
-        n = phi.shape[0]
-        if psi.shape[1] == 0:
-            ntk = jnp.zeros((n, 0), dtype)
+        lead = phi.shape[:-1]
+        if psi.shape[-1] == 0:
+            ntk = jnp.zeros(lead + (0,), dtype)
         elif self.tensor is not None:
             ntk = self.tensor(step, psi)
         else:
-            ntk = (step[:, :, None] * psi[:, None, :]).reshape(n, -1)
-        return Features(nngp_feat=nngp, ntk_feat=ntk)
-
-
-def _psd_factor(a: Float[Array, "n n"]) -> Float[Array, "n n"]:
-    """`F` with `F @ F.T == a` for a symmetric PSD `a`, by eigendecomposition."""
-    evals, evecs = jnp.linalg.eigh((a + a.T) / 2)
-    return evecs * jnp.sqrt(jnp.maximum(evals, 0))
+            ntk = (step[..., :, None] * psi[..., None, :]).reshape(lead + (-1,))
+        return f.replace(nngp, ntk)
 
 
 def _exact_relu(f: Features) -> Features:
-    nngp = f.nngp_feat @ f.nngp_feat.T
-    ntk = f.ntk_feat @ f.ntk_feat.T
-    var = jnp.diagonal(nngp)
-    nngp, dot = abrelu_duals(0.0, 1.0, nngp, var[:, None], var[None, :], True)
-    return Features(nngp_feat=_psd_factor(nngp), ntk_feat=_psd_factor(dot * ntk))
+    def duals(nngp, var1, var2):
+        return abrelu_duals(0.0, 1.0, nngp, var1, var2, True)
+
+    return exact_activation(f, duals)
 
 
 def _is_none(x):
