@@ -44,3 +44,5 @@ from ._ode import GradientDescentPredictor as GradientDescentPredictor
 from ._ode import ODEState as ODEState
 from ._ode import gradient_descent as gradient_descent
 from ._utils import Gaussian as Gaussian
+from ._features import FeatureMSEPredictor as FeatureMSEPredictor
+from ._features import gradient_descent_mse_features as gradient_descent_mse_features

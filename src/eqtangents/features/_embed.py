@@ -1,0 +1,107 @@
+"""Embedding a large data set in batches: `embed`."""
+
+from __future__ import annotations
+
+import sys
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+from tqdm.auto import tqdm
+
+from ._features import AbstractFeatureLayer, Features
+
+
+def embed(
+    fmodel: AbstractFeatureLayer,
+    x: Float[ArrayLike, "n c *spatial"],
+    *,
+    pattern: Float[ArrayLike, "n v v"] | None = None,
+    batch_size: int = 1024,
+    progress: bool | None = None,
+) -> Features:
+    r"""The features of every input of `x`, computed `batch_size` at a time.
+
+    A feature model maps each example independently, so a data set of any
+    size is embedded in batches with device memory bounded by one batch: the
+    inputs stay on the host (a NumPy array or memmap is fine) and each batch of
+    features is moved to host memory as soon as it is computed. The last,
+    shorter batch is padded by repeating its last input, so one compiled
+    function serves all batches.
+
+    **Arguments:**
+
+    - `fmodel`: an initialised feature model (random features or sketches; an
+      exact layer's features depend on the whole batch and cannot be split).
+    - `x`: inputs `(N, C, *spatial)`, channels first.
+    - `pattern`: graph adjacencies `(N, V, V)` for `features.Aggregate`.
+    - `batch_size`: inputs per batch.
+    - `progress`: show a progress bar; `None` shows one when standard error is a
+      terminal and there is more than one batch.
+
+    **Returns:** the `Features` of all `N` inputs.
+    """
+    if not isinstance(fmodel, AbstractFeatureLayer):
+        raise ValueError(
+            f"features.embed: `fmodel` is a {type(fmodel).__name__}, not a feature "
+            "layer; build one with the layers of `et.features` (or "
+            "`et.features.from_network`) and `init` it."
+        )
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(
+            f"features.embed: `batch_size` must be a positive int, got {batch_size!r}."
+        )
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.ndim < 2:
+        raise ValueError(
+            f"features.embed: `x` has shape {x.shape}; give a batch `(N, C, *spatial)`."
+        )
+    shape = fmodel.output_shape(tuple(x.shape[1:]))
+    if shape.nngp is None or shape.ntk is None:
+        raise ValueError(
+            "features.embed: the model has an exact layer (`method='exact'`), "
+            "whose features depend on the whole batch; embed with one call, "
+            "`fmodel(Features.from_inputs(x))`, or use random features."
+        )
+    if pattern is not None:
+        pattern = np.asarray(pattern)
+        if pattern.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"features.embed: `pattern` has {pattern.shape[0]} graphs for "
+                f"{x.shape[0]} inputs; give one per input."
+            )
+    n = x.shape[0]
+    size = min(batch_size, n)
+    starts = range(0, n, size)
+    if progress is None:
+        progress = len(starts) > 1 and sys.stderr.isatty()
+    dtype = jnp.result_type(x.dtype if np.issubdtype(x.dtype, np.inexact) else float)
+    spatial = tuple(shape.spatial)
+    nngp = np.empty((n, *spatial, shape.nngp), dtype)
+    ntk = np.empty((n, *spatial, shape.ntk), dtype)
+    bar = tqdm(total=n, disable=not progress, unit="input", desc="features.embed")
+    for start in starts:
+        stop = min(start + size, n)
+        chunk = _padded(x[start:stop], size)
+        chunk_pattern = None if pattern is None else _padded(pattern[start:stop], size)
+        f = _embed_batch(fmodel, jnp.asarray(chunk, dtype), chunk_pattern)
+        nngp[start:stop] = np.asarray(f.nngp_feat)[: stop - start]
+        ntk[start:stop] = np.asarray(f.ntk_feat)[: stop - start]
+        bar.update(stop - start)
+    bar.close()
+    pattern = None if pattern is None else jnp.asarray(pattern, dtype)
+    return Features(jnp.asarray(nngp), jnp.asarray(ntk), pattern)
+
+
+def _padded(a: np.ndarray, size: int) -> np.ndarray:
+    """`a` with its last row repeated up to `size` rows."""
+    missing = size - a.shape[0]
+    if missing == 0:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], missing, axis=0)])
+
+
+@eqx.filter_jit
+def _embed_batch(fmodel, x: Array, pattern) -> Features:
+    return fmodel(Features.from_inputs(x, pattern))
