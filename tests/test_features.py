@@ -182,7 +182,7 @@ _EXACT = _network("ntk").kernel(_X_UNIT, None)
 
 
 def _relu(m):
-    return lambda: F.Relu(nngp_dim=m, step_dim=m, sketch_dim=m)
+    return lambda: F.Relu("random_features", nngp_dim=m, step_dim=m, sketch_dim=m)
 
 
 def _random_kernels(key, m):
@@ -217,7 +217,9 @@ def test_random_features_average_to_kernel():
 
 
 def test_explicit_tensor_product_matches_in_expectation():
-    relu = functools.partial(F.Relu, nngp_dim=512, step_dim=64, sketch_dim=None)
+    relu = functools.partial(
+        F.Relu, "random_features", nngp_dim=512, step_dim=64, sketch_dim=None
+    )
     fmodel = _init(_features("ntk", relu), jax.random.key(0), (6,))
     f = _embed(fmodel, _X_UNIT)
     assert f.ntk_feat.shape[1] == fmodel.output_shape((6,)).ntk

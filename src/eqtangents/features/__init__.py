@@ -1,11 +1,32 @@
 """Feature maps of infinitely wide networks: sketches and random features."""
 
+from ._combinators import FanInConcat as FanInConcat
+from ._combinators import FanInSum as FanInSum
+from ._combinators import FanOut as FanOut
+from ._combinators import Identity as Identity
+from ._combinators import Parallel as Parallel
+from ._embed import embed as embed
+from ._conv import Conv as Conv
 from ._features import AbstractFeatureLayer as AbstractFeatureLayer
 from ._features import Dense as Dense
 from ._features import Features as Features
 from ._features import FeatureShape as FeatureShape
 from ._features import Serial as Serial
 from ._features import kernel as kernel
+from ._pool import AvgPool as AvgPool
+from ._pool import Flatten as Flatten
+from ._pool import GlobalAvgPool as GlobalAvgPool
+from ._from_network import from_network as from_network
+from ._graph import Aggregate as Aggregate
+from ._normalization import LayerNorm as LayerNorm
+from ._activations import AbstractActivationFeatures as AbstractActivationFeatures
+from ._activations import ElementwiseNumerical as ElementwiseNumerical
+from ._activations import Erf as Erf
+from ._activations import Gelu as Gelu
+from ._activations import Sin as Sin
+from ._relu import ABRelu as ABRelu
+from ._relu import Abs as Abs
+from ._relu import LeakyRelu as LeakyRelu
 from ._relu import Relu as Relu
 from ._sketch import SRHT as SRHT
 from ._sketch import CountSketch as CountSketch

@@ -171,7 +171,9 @@ class AbstractFeatureLayer(eqx.Module):
     """
 
     @abc.abstractmethod
-    def __call__(self, f: Features) -> Features:
+    def __call__(
+        self, f: Features | tuple[Features, ...]
+    ) -> Features | tuple[Features, ...]:
         """Maps the features of a batch forward."""
 
     @abc.abstractmethod
@@ -335,7 +337,9 @@ class Serial(AbstractFeatureLayer):
             shape = layer.output_shape(shape)
         return eqx.tree_at(lambda s: s.layers, self, tuple(layers))
 
-    def __call__(self, f: Features) -> Features:
+    def __call__(
+        self, f: Features | tuple[Features, ...]
+    ) -> Features | tuple[Features, ...]:
         for layer in self.layers:
             f = layer(f)
         return f

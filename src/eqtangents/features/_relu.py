@@ -1,166 +1,159 @@
-"""Feature maps of the ReLU: arc-cosine random features and exact factors."""
+r"""Feature maps of the ReLU family: $\sigma(x) = a x$ for $x < 0$, $b x$ for
+$x \ge 0$ (ReLU, leaky ReLU, Abs).
+
+Since $\sigma(x) = a x + (b - a)\max(x, 0)$ and $\sigma'(x) = a + (b - a)[x > 0]$,
+the Hermite coefficients follow from those of the ReLU and the step
+(`relu_coefficients`, `step_coefficients`): $a_k(q) = \sqrt q\,((b - a) r_k +
+a[k = 1])$ and $b_k(q) = (b - a) s_k + a[k = 0]$. They are positively
+homogeneous, so the relative truncation error does not depend on the inputs'
+variances: at degree $p$ it is $1 - \sum_{k \le p} a_k^2 / \sum_k a_k^2$ on the
+diagonal, for the ReLU $1.0\%$ at $p = 4$ and $0.4\%$ at $p = 8$ (NNGP) and
+$9\%$ at $p = 8$ (the step, whose coefficients decay like $k^{-3/4}$; the NTK
+off the diagonal, where $|\rho| < 1$, is much closer).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import abc
+from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array
 
-from .._layers.relu import abrelu_duals
-from ._features import (
-    AbstractFeatureLayer,
-    Features,
-    FeatureShape,
-    as_feature_shape,
-    exact_activation,
-    missing_projections,
+from .._layers import relu
+from .._layers.smooth import real
+from ._activations import (
+    AbstractActivationFeatures,
+    Config,
+    HermiteProjections,
+    Method,
+    RandomProjections,
+    make_config,
 )
-from ._sketch import TensorSRHT
+from ._hermite import relu_coefficients, step_coefficients
 
 
-class Relu(AbstractFeatureLayer):
-    r"""Features of $\phi(x) = \max(x, 0)$.
+class _AbstractABRelu(AbstractActivationFeatures):
+    """Shared maths of the ReLU family, from the slopes `_slopes()`."""
 
-    The layer's kernels are $K' = T(K)$ and $\Theta' = \dot T(K) \odot \Theta$,
-    with $T$, $\dot T$ the arc-cosine kernels of order 1 and 0 (Cho & Saul 2009).
+    homogeneous: ClassVar[bool] = True
 
-    `method="random_features"` (Zandieh et al. 2021, "Scaling Neural Tangent
-    Kernels via Sketching and Random Features"): with Gaussian matrices
-    $W_1 \in \mathbb R^{m_1 \times d}$, $W_0 \in \mathbb R^{m_0 \times d}$,
+    @abc.abstractmethod
+    def _slopes(self) -> tuple[float, float]:
+        """The slopes $(a, b)$ below and above 0."""
 
-    $$\Phi' = \tfrac{1}{\sqrt{m_1}} \max(\Phi W_1^\top, 0), \qquad
-      \Phi_0 = \tfrac{1}{\sqrt{m_0}} [\Phi W_0^\top > 0], \qquad
-      \Psi' = S(\Phi_0 \otimes \Psi),$$
+    @property
+    def network_layer(self) -> relu.ABRelu:
+        return relu.ABRelu(*self._slopes())
 
-    row by row, where $S$ is a `TensorSRHT` to `sketch_dim` columns (or the
-    explicit tensor product, $m_0 d_\Psi$ columns, when `sketch_dim=None`). As
-    $w^\top\phi(x) \sim N(0, K)$ jointly over examples, $E[\Phi'\Phi'^\top] = T(K)$
-    and $E[\Phi_0\Phi_0^\top] = \dot T(K)$; the tensor sketch turns the Hadamard
-    product into an inner product, $E[\Psi'\Psi'^\top] = \dot T(K) \odot \Theta$.
-    Errors fall like $1/\sqrt m$.
-
-    `method="exact"` (for debugging): forms $K' $ and $\Theta'$ of the batch from
-    the incoming features and factorises them by an eigendecomposition,
-    $\Phi' = V\Lambda^{1/2}$ with negative eigenvalues clipped. It costs
-    $O(N^3)$ and its features have one column per example: they hold only for
-    the batch they were computed from, so embed train and test data together.
-
-    **Arguments:**
-
-    - `method`: `"random_features"` or `"exact"`.
-    - `nngp_dim`, `step_dim`, `sketch_dim`: $m_1$, $m_0$ and the width of the NTK
-      sketch (random features only).
-    """
-
-    method: Literal["random_features", "exact"] = eqx.field(static=True)
-    nngp_dim: int = eqx.field(static=True)
-    step_dim: int = eqx.field(static=True)
-    sketch_dim: int | None = eqx.field(static=True)
-    nngp_proj: Float[Array, "m1 d"] | None
-    step_proj: Float[Array, "m0 d"] | None
-    tensor: TensorSRHT | None
-
-    def __init__(
-        self,
-        method: Literal["random_features", "exact"] = "random_features",
-        *,
-        nngp_dim: int = 1024,
-        step_dim: int = 1024,
-        sketch_dim: int | None = 1024,
-    ):
-        if method not in ("random_features", "exact"):
-            raise ValueError(
-                "features.Relu: `method` must be 'random_features' or 'exact', got "
-                f"{method!r}."
-            )
-        for name, value in (("nngp_dim", nngp_dim), ("step_dim", step_dim)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"features.Relu: `{name}` must be a positive int, got {value!r}."
-                )
-        if sketch_dim is not None and (
-            not isinstance(sketch_dim, int) or sketch_dim <= 0
-        ):
-            raise ValueError(
-                "features.Relu: `sketch_dim` must be a positive int or None (the "
-                f"explicit tensor product), got {sketch_dim!r}."
-            )
-        self.method = method
-        self.nngp_dim, self.step_dim, self.sketch_dim = nngp_dim, step_dim, sketch_dim
-        self.nngp_proj = self.step_proj = self.tensor = None
-
-    def output_shape(self, input_shape) -> FeatureShape:
-        shape = as_feature_shape(input_shape, self)
-        if self.method == "exact":
-            return FeatureShape(None, None, shape.width, shape.spatial)
-        if shape.nngp is None or shape.ntk is None:
-            raise ValueError(
-                "features.Relu(method='random_features') follows an exact feature "
-                "layer, whose width depends on the batch; use `method='exact'` "
-                "throughout, or random features throughout."
-            )
-        if shape.ntk == 0:
-            ntk = 0
-        elif self.sketch_dim is None:
-            ntk = self.step_dim * shape.ntk
-        else:
-            ntk = self.sketch_dim
-        return FeatureShape(self.nngp_dim, ntk, shape.width, shape.spatial)
-
-    def init(self, key: PRNGKeyArray, input_shape) -> Relu:
-        self.output_shape(input_shape)
-        if self.method == "exact":
-            return self
-        shape = as_feature_shape(input_shape, self)
-        k1, k0, kt = jax.random.split(key, 3)
-        nngp_proj = jax.random.normal(k1, (self.nngp_dim, shape.nngp))
-        step_proj = jax.random.normal(k0, (self.step_dim, shape.nngp))
-        tensor = None
-        if self.sketch_dim is not None and shape.ntk > 0:
-            tensor = TensorSRHT(self.step_dim, shape.ntk, self.sketch_dim, key=kt)
-        return eqx.tree_at(
-            lambda r: (r.nngp_proj, r.step_proj, r.tensor),
-            self,
-            (nngp_proj, step_proj, tensor),
-            is_leaf=_is_none,
+    def coefficients(self, q: Array, degree: int) -> tuple[Array, Array]:
+        a, b = self._slopes()
+        nngp = (b - a) * relu_coefficients(degree)
+        nngp[1] += a
+        dot = (b - a) * step_coefficients(degree)
+        dot[0] += a
+        shape = q.shape + (degree + 1,)
+        root = jnp.sqrt(q)[..., None]
+        return root * jnp.asarray(nngp, q.dtype), jnp.broadcast_to(
+            jnp.asarray(dot, q.dtype), shape
         )
 
-    def __call__(self, f: Features) -> Features:
-        if self.method == "exact":
-            return _exact_relu(f)
-        if self.nngp_proj is None or self.step_proj is None:
-            raise missing_projections(self)
-        phi, psi = f.nngp_feat, f.ntk_feat
-        if phi.shape[-1] != self.nngp_proj.shape[1]:
-            raise ValueError(
-                f"features.Relu was initialised for NNGP features of width "
-                f"{self.nngp_proj.shape[1]} but got {phi.shape[-1]}; call `init` "
-                "with the input shape of this layer."
-            )
-        dtype = phi.dtype
-        z1 = phi @ self.nngp_proj.T.astype(dtype)
-        z0 = phi @ self.step_proj.T.astype(dtype)
-        nngp = jnp.maximum(z1, 0) / jnp.sqrt(self.nngp_dim).astype(dtype)
-        step = (z0 > 0).astype(dtype) / jnp.sqrt(self.step_dim).astype(dtype)
-        lead = phi.shape[:-1]
-        if psi.shape[-1] == 0:
-            ntk = jnp.zeros(lead + (0,), dtype)
-        elif self.tensor is not None:
-            ntk = self.tensor(step, psi)
-        else:
-            ntk = (step[..., :, None] * psi[..., None, :]).reshape(lead + (-1,))
-        return f.replace(nngp, ntk)
+
+class Relu(_AbstractABRelu):
+    r"""Features of $\sigma(x) = \max(x, 0)$ (mirrors `et.Relu`).
+
+    Duals: the arc-cosine kernels of order 1 and 0 (Cho & Saul 2009). The
+    Hermite coefficients (orthonormal $h_k = \mathrm{He}_k/\sqrt{k!}$) are in
+    closed form: $a_0 = 1/\sqrt{2\pi}$, $a_1 = 1/2$,
+    $a_k = \mathrm{He}_{k-2}(0)/\sqrt{2\pi\,k!}$, and for the step
+    $b_0 = 1/2$, $b_k = \mathrm{He}_{k-1}(0)/\sqrt{2\pi\,k!}$. Methods and
+    arguments as `AbstractActivationFeatures`.
+
+    **Example:**
+
+    ```python
+    relu = et.features.Relu(nngp_dim=4096, sketch_dim=4096)
+    ```
+    """
+
+    config: Config = eqx.field(static=True)
+    projections: HermiteProjections | RandomProjections | None
+
+    def __init__(self, method: Method = "poly_sketch", *, nngp_dim: int = 1024,
+                 step_dim: int | None = None, sketch_dim: int | None = 1024,
+                 degree: int = 8):  # fmt: skip
+        self.config = make_config(
+            "Relu", method, nngp_dim, step_dim, sketch_dim, degree, None
+        )
+        self.projections = None
+
+    def _slopes(self):
+        return 0.0, 1.0
 
 
-def _exact_relu(f: Features) -> Features:
-    def duals(nngp, var1, var2):
-        return abrelu_duals(0.0, 1.0, nngp, var1, var2, True)
+class ABRelu(_AbstractABRelu):
+    r"""Features of $\sigma(x) = a x$ ($x < 0$), $b x$ ($x \ge 0$) (mirrors
+    `et.ABRelu`): $\sigma = a x + (b - a)\,\mathrm{ReLU}(x)$. Arguments `a`, `b`,
+    then those of `AbstractActivationFeatures`."""
 
-    return exact_activation(f, duals)
+    a: float = eqx.field(static=True)
+    b: float = eqx.field(static=True)
+    config: Config = eqx.field(static=True)
+    projections: HermiteProjections | RandomProjections | None
+
+    def __init__(self, a: float, b: float, method: Method = "poly_sketch", *,
+                 nngp_dim: int = 1024, step_dim: int | None = None,
+                 sketch_dim: int | None = 1024, degree: int = 8):  # fmt: skip
+        self.a, self.b = (
+            real(a, "features.ABRelu", "a"),
+            real(b, "features.ABRelu", "b"),
+        )
+        self.config = make_config(
+            "ABRelu", method, nngp_dim, step_dim, sketch_dim, degree, None
+        )
+        self.projections = None
+
+    def _slopes(self):
+        return self.a, self.b
 
 
-def _is_none(x):
-    return x is None
+class LeakyRelu(_AbstractABRelu):
+    r"""Features of $\sigma(x) = \alpha x$ ($x < 0$), $x$ ($x \ge 0$) (mirrors
+    `et.LeakyRelu`). Arguments `alpha`, then those of
+    `AbstractActivationFeatures`."""
+
+    alpha: float = eqx.field(static=True)
+    config: Config = eqx.field(static=True)
+    projections: HermiteProjections | RandomProjections | None
+
+    def __init__(self, alpha: float, method: Method = "poly_sketch", *,
+                 nngp_dim: int = 1024, step_dim: int | None = None,
+                 sketch_dim: int | None = 1024, degree: int = 8):  # fmt: skip
+        self.alpha = real(alpha, "features.LeakyRelu", "alpha")
+        self.config = make_config("LeakyRelu", method, nngp_dim, step_dim, sketch_dim, degree,
+                                  None)  # fmt: skip
+        self.projections = None
+
+    def _slopes(self):
+        return self.alpha, 1.0
+
+
+class Abs(_AbstractABRelu):
+    r"""Features of $\sigma(x) = |x|$ (mirrors `et.Abs`): $a = -1$, $b = 1$, so
+    only the even degrees of $\sigma$ and the odd ones of $\sigma' =
+    \mathrm{sign}$ remain. Arguments as `AbstractActivationFeatures`."""
+
+    config: Config = eqx.field(static=True)
+    projections: HermiteProjections | RandomProjections | None
+
+    def __init__(self, method: Method = "poly_sketch", *, nngp_dim: int = 1024,
+                 step_dim: int | None = None, sketch_dim: int | None = 1024,
+                 degree: int = 8):  # fmt: skip
+        self.config = make_config(
+            "Abs", method, nngp_dim, step_dim, sketch_dim, degree, None
+        )
+        self.projections = None
+
+    def _slopes(self):
+        return -1.0, 1.0
