@@ -146,6 +146,7 @@ def test_embed_errors():
 # ---------------------------------------------------------------- digits
 
 
+@pytest.mark.slow
 def test_feature_regression_on_digits_matches_exact_ntk():
     """NTK regression with 4,096 random features is within one point of the
     exact NTK on the bundled digits (the setting of `python -m eqtangents`)."""

@@ -35,6 +35,8 @@ from ._factor import AbstractFactorization as AbstractFactorization
 from ._factor import CholeskyFactorization as CholeskyFactorization
 from ._factor import EighFactorization as EighFactorization
 from ._factor import IterativeFactorization as IterativeFactorization
+from ._features import FeatureMSEPredictor as FeatureMSEPredictor
+from ._features import gradient_descent_mse_features as gradient_descent_mse_features
 from ._gp import GPInference as GPInference
 from ._gp import gp_inference as gp_inference
 from ._learning_rate import max_learning_rate as max_learning_rate
@@ -44,5 +46,3 @@ from ._ode import GradientDescentPredictor as GradientDescentPredictor
 from ._ode import ODEState as ODEState
 from ._ode import gradient_descent as gradient_descent
 from ._utils import Gaussian as Gaussian
-from ._features import FeatureMSEPredictor as FeatureMSEPredictor
-from ._features import gradient_descent_mse_features as gradient_descent_mse_features
