@@ -16,6 +16,14 @@ from eqtangents.features import _hermite as H
 
 F = et.features
 
+
+def _sin_linear(x):
+    # Entire, so et.ElementwiseNumerical's Gauss-Hermite rule is exact to rounding
+    # (for tanh at deg=25 it is asymmetric in the two inputs by 4e-4, which no
+    # factorisation can reproduce).
+    return jnp.sin(x) + 0.3 * x
+
+
 # name: (network activation, feature activation factory)
 ACTIVATIONS = {
     "relu": (et.Relu(), lambda **kw: F.Relu(**kw)),
@@ -26,8 +34,8 @@ ACTIVATIONS = {
     "gelu": (et.Gelu(), lambda **kw: F.Gelu(**kw)),
     "sin": (et.Sin(1.1, 0.9, 0.4), lambda **kw: F.Sin(1.1, 0.9, 0.4, **kw)),
     "numerical": (
-        et.ElementwiseNumerical(jnp.tanh, 25),
-        lambda **kw: F.ElementwiseNumerical(jnp.tanh, 25, **kw),
+        et.ElementwiseNumerical(_sin_linear, 25),
+        lambda **kw: F.ElementwiseNumerical(_sin_linear, 25, **kw),
     ),
 }
 
@@ -39,7 +47,9 @@ def _h(k, z):
 
 def _gauss_expectation(f, lo=-np.inf, hi=np.inf):
     density = lambda z: f(z) * np.exp(-(z**2) / 2) / np.sqrt(2 * np.pi)  # noqa: E731
-    return scipy.integrate.quad(density, lo, hi, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+    return scipy.integrate.quad(density, lo, hi, epsabs=1e-13, epsrel=1e-12, limit=200)[
+        0
+    ]
 
 
 @jax.jit
@@ -201,7 +211,10 @@ def test_hermite_sketch_is_unbiased_for_every_degree():
     _assert_unbiased(estimate(_KEYS), jnp.stack([gram**k for k in sorted(widths)]))
 
 
-@pytest.mark.parametrize("exact_a, part_b", [(False, 6), (True, 6), (False, None)])
+@pytest.mark.parametrize(
+    "exact_a, part_b",
+    [(False, 6), (False, None), pytest.param(True, 6, marks=pytest.mark.slow)],
+)
 def test_tangent_sketch_is_unbiased(exact_a, part_b):
     ks = jax.random.split(jax.random.key(4), 3)
     b0 = jax.random.uniform(ks[0], (3,)) + 0.5
@@ -228,7 +241,9 @@ def _one_hidden_layer(name, **options):
 def _truncated_kernels(layer, plan, x, method):
     """The kernels of Dense(1.2, 0.3)-act-Dense(0.9, 0.2) with the activation's
     duals truncated to the degrees the sketch keeps."""
-    phi = jnp.concatenate([1.2 * x / jnp.sqrt(x.shape[1]), jnp.full((len(x), 1), 0.3)], 1)
+    phi = jnp.concatenate(
+        [1.2 * x / jnp.sqrt(x.shape[1]), jnp.full((len(x), 1), 0.3)], 1
+    )
     k1 = phi @ phi.T
     q = jnp.diag(k1)
     rho = k1 / jnp.sqrt(q[:, None] * q[None, :])
@@ -244,8 +259,15 @@ def _truncated_kernels(layer, plan, x, method):
     return nngp, nngp + 0.81 * dot * k1
 
 
-@pytest.mark.parametrize("method", ["poly_sketch", "combined"])
-@pytest.mark.parametrize("name", ["relu", "erf", "gelu"])
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "name, method",
+    [("relu", "poly_sketch"), ("erf", "combined"), ("gelu", "poly_sketch")]
+    + [pytest.param(*c, marks=_SLOW) for c in
+       [("relu", "combined"), ("erf", "poly_sketch"), ("gelu", "combined")]],
+)  # fmt: skip
 def test_sketches_are_unbiased_for_the_truncated_kernel(name, method):
     x = jax.random.normal(jax.random.key(5), (5, 4))
     x = x / jnp.linalg.norm(x, axis=1, keepdims=True) * 2.0
@@ -262,10 +284,13 @@ def test_sketches_are_unbiased_for_the_truncated_kernel(name, method):
     _assert_unbiased(estimate(_KEYS[:2000]), jnp.stack(expected))
 
 
-def _errors(name, method, m, seeds=2):
+def _errors(name, method, m, seeds=2, hidden=2):
     x = jax.random.normal(jax.random.key(6), (48, 8))
     x = x / jnp.linalg.norm(x, axis=1, keepdims=True) * jnp.sqrt(8.0)
     model, fmodel = _networks(name, "ntk", method=method, nngp_dim=m, sketch_dim=m)
+    if hidden == 1:  # Dense-act-Dense
+        model = et.Serial(*model.layers[:2], model.layers[-1])
+        fmodel = F.Serial(*fmodel.layers[:2], fmodel.layers[-1])
     k = model.kernel(x, None)
     out = []
     for seed in range(seeds):
@@ -274,22 +299,36 @@ def _errors(name, method, m, seeds=2):
     return np.mean(out, axis=0)
 
 
+@pytest.mark.parametrize("name", ["relu", "erf", "gelu"])
+def test_error_falls_with_feature_dimension(name):
+    small = _errors(name, "poly_sketch", 64, hidden=1)
+    large = _errors(name, "poly_sketch", 1024, hidden=1)
+    assert np.all(large < small / 2.5), (small, large)
+    assert np.all(large < 0.06), large
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["poly_sketch", "combined"])
 @pytest.mark.parametrize("name", ["relu", "erf", "gelu"])
-def test_error_falls_with_feature_dimension(name, method):
+def test_error_falls_with_feature_dimension_two_layers(name, method):
     small, large = _errors(name, method, 128), _errors(name, method, 2048)
     assert np.all(large < small / 2.5), (small, large)
     assert np.all(large < 0.06), large
 
 
+@pytest.mark.slow
 def test_poly_sketch_beats_random_features():
     poly = _errors("relu", "poly_sketch", 1024)
     rf = _errors("relu", "random_features", 1024)
     assert np.all(poly < 0.8 * rf), (poly, rf)
 
 
-@pytest.mark.parametrize("name", ["relu", "erf"])
-@pytest.mark.parametrize("method", ["poly_sketch", "combined", "random_features"])
+@pytest.mark.parametrize(
+    "name, method",
+    [("relu", "poly_sketch"), ("erf", "combined")]
+    + [pytest.param(*c, marks=_SLOW) for c in [("erf", "poly_sketch"),
+       ("relu", "combined"), ("relu", "random_features"), ("erf", "random_features")]],
+)  # fmt: skip
 def test_jit_and_dtypes(name, method):
     x = jax.random.normal(jax.random.key(7), (12, 6))
     _, fmodel = _networks(name, "ntk", method=method, nngp_dim=64, sketch_dim=64)
@@ -301,9 +340,18 @@ def test_jit_and_dtypes(name, method):
     assert f32.shape == f64.shape == fmodel.output_shape((6,))._replace(width=None)
     for a, b in ((f32.nngp_feat, f64.nngp_feat), (f32.ntk_feat, f64.ntk_feat)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+    # Every batch is embedded with the same sketch.
+    reverse = embed(fmodel, x[::-1])
+    np.testing.assert_allclose(
+        reverse.ntk_feat, f64.ntk_feat[::-1], rtol=1e-10, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("method", ["poly_sketch", "combined", "random_features"])
+@pytest.mark.parametrize(
+    "method",
+    ["poly_sketch"]
+    + [pytest.param(m, marks=_SLOW) for m in ("combined", "random_features")],
+)
 def test_explicit_tensor_product_and_spatial_shapes(method):
     x = jax.random.normal(jax.random.key(8), (4, 3, 5))  # channels first, 5 positions
     fmodel = F.Serial(F.Dense(1.0, 0.1), F.Gelu(method, nngp_dim=32, sketch_dim=None),
@@ -313,14 +361,6 @@ def test_explicit_tensor_product_and_spatial_shapes(method):
     assert f.shape == fmodel.output_shape((3, 5))._replace(width=None)
     assert f.shape.spatial == (5,) and f.shape.ntk == 32
     assert bool(jnp.all(jnp.isfinite(f.ntk_feat)))
-
-
-def test_train_and_test_share_one_sketch():
-    x = jax.random.normal(jax.random.key(9), (10, 6))
-    _, fmodel = _networks("gelu", "ntk", nngp_dim=64, sketch_dim=64)
-    fmodel = fmodel.init(jax.random.key(0), (6,))
-    a, b = fmodel(F.Features.from_inputs(x)), fmodel(F.Features.from_inputs(x[::-1]))
-    np.testing.assert_allclose(b.ntk_feat, a.ntk_feat[::-1], rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- errors
@@ -333,15 +373,20 @@ def test_large_variances_fail_the_truncation_check():
     embed = eqx.filter_jit(lambda fm, x: fm(F.Features.from_inputs(x)))
     x = x / jnp.linalg.norm(x, axis=1, keepdims=True) * 2.0  # variance q = 1
     assert bool(jnp.all(jnp.isfinite(embed(fmodel, x).nngp_feat)))
-    with pytest.raises(RuntimeError, match="features.Erf.*raise `degree`"):
-        jax.block_until_ready(embed(fmodel, 3 * x))  # q = 9, under jit
-    with pytest.raises(RuntimeError, match="truncated at degree=8"):
-        fmodel(F.Features.from_inputs(3 * x))
-    loose = F.Serial(F.Dense(1.0), F.Erf(nngp_dim=32, sketch_dim=32, degree=30), F.Dense())
+    # At q = 4 the derivative series misses 13% of the diagonal at degree 8.
+    with pytest.raises(RuntimeError, match="features.Erf.*truncated at degree=8"):
+        jax.block_until_ready(embed(fmodel, 2 * x))  # under jit
+    loose = F.Serial(
+        F.Dense(1.0), F.Erf(nngp_dim=32, sketch_dim=32, degree=30), F.Dense()
+    )
     loose = loose.init(jax.random.key(0), (4,))
-    assert bool(jnp.all(jnp.isfinite(embed(loose, 3 * x).ntk_feat)))
+    assert bool(jnp.all(jnp.isfinite(embed(loose, 2 * x).ntk_feat)))  # misses 0.6%
     relu = F.Serial(F.Dense(1.0), F.Relu(nngp_dim=32), F.Dense(1.0))  # homogeneous
-    assert bool(jnp.all(jnp.isfinite(embed(relu.init(jax.random.key(0), (4,)), 30 * x).nngp_feat)))
+    assert bool(
+        jnp.all(
+            jnp.isfinite(embed(relu.init(jax.random.key(0), (4,)), 30 * x).nngp_feat)
+        )
+    )
 
 
 def test_errors():
@@ -355,9 +400,9 @@ def test_errors():
     with pytest.raises(ValueError, match="features.Relu: `degree`"):
         F.Relu(degree=0)
     with pytest.raises(ValueError, match="features.Erf: `a`"):
-        F.Erf(a="big")
+        F.Erf(a=float("nan"))
     with pytest.raises(ValueError, match="features.ABRelu: `b`"):
-        F.ABRelu(0.1, None)
+        F.ABRelu(0.1, float("inf"))
     with pytest.raises(ValueError, match="features.ElementwiseNumerical: `deg`"):
         F.ElementwiseNumerical(jnp.tanh, 0)
     with pytest.raises(ValueError, match="features.Erf: `tol`"):

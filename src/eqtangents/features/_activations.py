@@ -248,9 +248,13 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
 
     def init(self, key: PRNGKeyArray, input_shape) -> AbstractActivationFeatures:
         self.output_shape(input_shape)
-        cfg, shape = self.config, as_feature_shape(input_shape, self)
-        if cfg.method == "exact":
+        if self.config.method == "exact":
             return self
+        drawn = _draw(self, key, as_feature_shape(input_shape, self))
+        return eqx.tree_at(lambda s: s.projections, self, drawn, is_leaf=_is_none)
+
+    def _draw(self, key: PRNGKeyArray, shape: FeatureShape) -> Projections:
+        cfg = self.config
         k1, k2, k3 = jax.random.split(key, 3)
         step_proj = None
         if cfg.method != "poly_sketch" and shape.ntk:
@@ -260,17 +264,15 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
             if cfg.sketch_dim is not None and shape.ntk:
                 tensor = TensorSRHT(cfg.step_dim, shape.ntk, cfg.sketch_dim, key=k3)
             proj = jax.random.normal(k1, (cfg.nngp_dim, shape.nngp))
-            drawn = RandomProjections(proj, step_proj, tensor)
-        else:
-            plan = self._plan(shape)
-            sketch = HermiteSketch(shape.nngp, dict(plan.sketch), key=k1)
-            tangent = None
-            if shape.ntk:
-                part_b = (None if plan.explicit else plan.part_b) if plan.has_b else 0
-                tangent = TangentSketch(shape.ntk, self._step_width(plan), plan.part_a,
-                                        plan.exact_a, part_b, key=k3)  # fmt: skip
-            drawn = HermiteProjections(sketch, step_proj, tangent, plan)
-        return eqx.tree_at(lambda s: s.projections, self, drawn, is_leaf=_is_none)
+            return RandomProjections(proj, step_proj, tensor)
+        plan = self._plan(shape)
+        sketch = HermiteSketch(shape.nngp, dict(plan.sketch), key=k1)
+        tangent = None
+        if shape.ntk:
+            part_b = (None if plan.explicit else plan.part_b) if plan.has_b else 0
+            tangent = TangentSketch(shape.ntk, self._step_width(plan), plan.part_a,
+                                    plan.exact_a, part_b, key=k3)  # fmt: skip
+        return HermiteProjections(sketch, step_proj, tangent, plan)
 
     def __call__(self, f: Features) -> Features:
         if self.config.method == "exact":
@@ -289,9 +291,7 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
                 f"but got {phi.shape[-1]}; call `init` with the input shape of this "
                 "layer."
             )
-        if isinstance(proj, RandomProjections):
-            return f.replace(*self._random_features(proj, phi, psi))
-        return f.replace(*self._hermite_features(proj, phi, psi))
+        return f.replace(*_apply(self, proj, phi, psi))
 
     def _random_features(self, proj: RandomProjections, phi, psi):
         dtype = phi.dtype
@@ -356,6 +356,18 @@ def _relative_tail(total, kept):
 
 def _is_none(x):
     return x is None
+
+
+# Compiled as one program each (under an outer `jit` they are inlined): run
+# eagerly, every intermediate shape would compile its own.
+_draw = eqx.filter_jit(lambda layer, key, shape: layer._draw(key, shape))
+
+
+@eqx.filter_jit
+def _apply(layer, proj, phi, psi):
+    if isinstance(proj, RandomProjections):
+        return layer._random_features(proj, phi, psi)
+    return layer._hermite_features(proj, phi, psi)
 
 
 # --------------------------------------------------------------- activations

@@ -282,6 +282,26 @@ def plan_widths(a2, b2, config, d: int, ntk: int, min_width: int) -> Plan:
 # ------------------------------------------------------------ sketch
 
 
+def draw_indices(key: PRNGKeyArray, specs) -> list[Array]:
+    """Independent uniform indices, one array of `n` in `[0, bound)` per
+    `(n, bound)` of `specs` (`bound` a power of two), from one draw of random
+    bits: one random call, however many arrays (each shape would compile its
+    own program outside `jit`)."""
+    total = sum(n for n, _ in specs)
+    bits = jax.random.bits(key, (max(total, 1),), jnp.uint32)
+    starts = np.cumsum([0] + [n for n, _ in specs])
+    return [
+        (bits[a : a + n] & (bound - 1)).astype(jnp.int32)
+        for a, (n, bound) in zip(starts, specs)
+    ]
+
+
+def draw_signs(key: PRNGKeyArray, sizes) -> list[Array]:
+    """Independent random signs, one array per size, from one draw of bits."""
+    flat = draw_indices(key, [(n, 2) for n in sizes])
+    return [(2 * f - 1).astype(float) for f in flat]
+
+
 class HermiteSketch(eqx.Module):
     r"""Random features $z_k(u)$ of all tensor powers $u^{\otimes k}$ at once.
 
@@ -325,23 +345,22 @@ class HermiteSketch(eqx.Module):
         widths, splits = _plan(widths)
         if widths.get(1, 0) >= in_dim:
             widths[1] = in_dim
-        keys = iter(jax.random.split(key, 2 + 3 * len(widths)))
-        self.signs = jax.random.rademacher(next(keys), (big,), dtype=float)
+        factors = sorted({f for s in splits.values() for f in s if f > 1})
+        k1, k2, k3 = jax.random.split(key, 3)
+        sizes = [big] + [next_power_of_two(widths[f]) for f in factors]
+        self.signs, *node_signs = draw_signs(k1, sizes)
+        self.node_signs = tuple(node_signs)
         self.linear_rows = None
         if 1 in widths and widths[1] < in_dim:
-            self.linear_rows = jax.random.permutation(next(keys), big)[: widths[1]]
-        factors = sorted({f for s in splits.values() for f in s if f > 1})
-        self.node_signs = tuple(
-            jax.random.rademacher(
-                next(keys), (next_power_of_two(widths[f]),), dtype=float
-            )
-            for f in factors
-        )
-        left, right = [], []
+            self.linear_rows = jax.random.permutation(k2, big)[: widths[1]]
+        specs = []
         for k in sorted(splits):
-            size = [big if f == 1 else next_power_of_two(widths[f]) for f in splits[k]]
-            left.append(jax.random.randint(next(keys), (widths[k],), 0, size[0]))
-            right.append(jax.random.randint(next(keys), (widths[k],), 0, size[1]))
+            bounds = [
+                big if f == 1 else next_power_of_two(widths[f]) for f in splits[k]
+            ]
+            specs += [(widths[k], bounds[0]), (widths[k], bounds[1])]
+        draws = draw_indices(k3, specs)
+        left, right = draws[0::2], draws[1::2]
         self.left, self.right = tuple(left), tuple(right)
         self.in_dim = in_dim
         self.widths = tuple(sorted(widths.items()))
@@ -417,19 +436,18 @@ class TangentSketch(eqx.Module):
 
     def __init__(self, psi_width: int, step_width: int, part_a: int, exact_a: bool,
                  part_b: int | None, *, key: PRNGKeyArray):  # fmt: skip
-        ks = jax.random.split(key, 5)
+        ks = jax.random.split(key, 3)
         big, big0 = next_power_of_two(psi_width), next_power_of_two(step_width)
         self.part_a, self.exact_a, self.part_b = part_a, exact_a, part_b
         sketched_a = part_a > 0 and not exact_a
         sketched_b = part_b is not None and part_b > 0
-        signs = jax.random.rademacher(ks[0], (big,), dtype=float)
+        signs, step_signs = draw_signs(ks[0], [big, big0])
         self.psi_signs = signs if sketched_a or sketched_b else None
         self.rows = jax.random.permutation(ks[1], big)[:part_a] if sketched_a else None
         self.step_signs = self.left = self.right = None
         if sketched_b:
-            self.step_signs = jax.random.rademacher(ks[2], (big0,), dtype=float)
-            self.left = jax.random.randint(ks[3], (part_b,), 0, big0)
-            self.right = jax.random.randint(ks[4], (part_b,), 0, big)
+            self.step_signs = step_signs
+            self.left, self.right = draw_indices(ks[2], [(part_b, big0), (part_b, big)])
 
     def __call__(
         self,
