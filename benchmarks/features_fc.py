@@ -23,6 +23,7 @@ compilation (best of `--repeats`). A first row gives the exact kernel's time
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -48,7 +49,9 @@ def main() -> None:
     import eqtangents as et
 
     F = et.features
-    n, dims = (200, (256,)) if args.quick else (2000, tuple(map(int, args.dims.split(","))))
+    n, dims = (
+        (200, (256,)) if args.quick else (2000, tuple(map(int, args.dims.split(","))))
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 64))
     x = jnp.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), jnp.float32)
@@ -60,8 +63,8 @@ def main() -> None:
     kernel_fn = eqx.filter_jit(lambda x: model.kernel(x, None, get=("nngp", "ntk")))
     exact = kernel_fn(x)
     reference = [np.asarray(k, np.float64) for k in exact]
-    print(json.dumps({"workload": "features_fc", "method": "exact_kernel", "n": n,
-                      **time_calls(lambda: kernel_fn(x), args.repeats)}), flush=True)  # fmt: skip
+    row = {"workload": "features_fc", "method": "exact_kernel", "n": n}
+    print(json.dumps({**row, **time_calls(lambda: kernel_fn(x), args.repeats)}))
 
     embed = eqx.filter_jit(lambda fm, x: fm(F.Features.from_inputs(x)))
     init = eqx.filter_jit(lambda fm, key: fm.init(key, (64,)))
@@ -73,7 +76,9 @@ def main() -> None:
     for m in dims:
         for method in args.methods.split(","):
             relu = F.Relu(method, nngp_dim=m, sketch_dim=m)
-            fmodel = F.Serial(*[F.Serial(F.Dense(1.0), relu) for _ in range(3)], F.Dense(1.0))
+            fmodel = F.Serial(
+                *[F.Serial(F.Dense(1.0), relu) for _ in range(3)], F.Dense(1.0)
+            )
             errors = []
             for seed in range(args.seeds):
                 drawn = init(fmodel, jax.random.key(seed))
@@ -83,7 +88,7 @@ def main() -> None:
             start = time.perf_counter()
             jax.block_until_ready(init(fmodel, jax.random.key(args.seeds)))
             init_seconds = time.perf_counter() - start
-            timing = time_calls(lambda: embed(drawn, x), args.repeats)
+            timing = time_calls(functools.partial(embed, drawn, x), args.repeats)
             nngp_error, ntk_error = np.mean(errors, axis=0)
             row = {"workload": "features_fc", "method": method, "m": m, "n": n,
                    "nngp_error": round(float(nngp_error), 4),

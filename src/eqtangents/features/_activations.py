@@ -1,17 +1,11 @@
-r"""Feature maps of elementwise activations: Hermite sketches, random features.
+r"""Feature maps of elementwise activations: Hermite sketches and random features.
 
-A layer with activation $\sigma$ maps $K \mapsto T(K)$ and $\Theta \mapsto
-\dot T(K) \odot \Theta$, with $T$, $\dot T$ the duals of $\sigma$ and $\sigma'$.
-For an example with NNGP feature $\phi$, write $q = |\phi|^2$ (the variance of
-the network's preactivation there) and $u = \phi / |\phi|$; then
-$\rho = \langle u_1, u_2\rangle$ and, by Mehler's formula,
-
-$$T = \sum_k a_k(q_1) a_k(q_2) \rho^k, \qquad
-  \dot T = \sum_k b_k(q_1) b_k(q_2) \rho^k,$$
-
-with $a_k(q)$, $b_k(q)$ the orthonormal Hermite coefficients of
-$z \mapsto \sigma(\sqrt q z)$ and $z \mapsto \sigma'(\sqrt q z)$ (Han et al.
-2022, "Fast Neural Kernel Embeddings for General Activations").
+For an example with NNGP feature $\phi$, $q = |\phi|^2$ is the variance of the
+network's preactivation and $u = \phi/|\phi|$; the duals are
+$T = \sum_k a_k(q_1) a_k(q_2) \rho^k$ and $\dot T = \sum_k b_k(q_1) b_k(q_2)
+\rho^k$ with $\rho = \langle u_1, u_2\rangle$ (Mehler's formula; `_hermite`),
+as used by Han et al. 2022, "Fast Neural Kernel Embeddings for General
+Activations".
 """
 
 from __future__ import annotations
@@ -41,9 +35,9 @@ from ._hermite import (
     HermiteSketch,
     Plan,
     TangentSketch,
-    plan_widths,
     erf_coefficients,
     gelu_coefficients,
+    plan_widths,
     quadrature_coefficients,
     sin_coefficients,
     take,
@@ -76,24 +70,24 @@ def make_config(layer, method, nngp_dim, step_dim, sketch_dim, degree, tol) -> C
     if step_dim is None and isinstance(sketch_dim or nngp_dim, int):
         width = sketch_dim or nngp_dim
         step_dim = max(1, width // 4) if method == "poly_sketch" else width
-    for name, value in (
-        ("nngp_dim", nngp_dim),
-        ("step_dim", step_dim),
-        ("degree", degree),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    minimum = {"nngp_dim": 1, "step_dim": 1, "degree": 1, "sketch_dim": 2}
+    values = dict(nngp_dim=nngp_dim, step_dim=step_dim, degree=degree)
+    if sketch_dim is not None:
+        values["sketch_dim"] = sketch_dim
+    for name, value in values.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum[name]
+        ):
             raise ValueError(
-                f"{where}: `{name}` must be a positive int, got {value!r}."
+                f"{where}: `{name}` must be an int >= {minimum[name]}, got {value!r}"
+                + (
+                    " (or None for the explicit tensor product)."
+                    if name == "sketch_dim"
+                    else "."
+                )
             )
-    if sketch_dim is not None and (
-        isinstance(sketch_dim, bool)
-        or not isinstance(sketch_dim, int)
-        or sketch_dim < 2
-    ):
-        raise ValueError(
-            f"{where}: `sketch_dim` must be an int >= 2, or None for the explicit "
-            f"tensor product; got {sketch_dim!r}."
-        )
     if tol is not None:
         tol = real(tol, where, "tol", nonnegative=True)
     return Config(method, nngp_dim, step_dim, sketch_dim, degree, tol)
@@ -114,6 +108,7 @@ class HermiteProjections(eqx.Module):
     step_proj: Float[Array, "m0 d"] | None
     tangent: TangentSketch | None
     plan: Plan = eqx.field(static=True)
+    in_widths: tuple[int, int] = eqx.field(static=True)
 
 
 class RandomProjections(eqx.Module):
@@ -122,6 +117,7 @@ class RandomProjections(eqx.Module):
     nngp_proj: Float[Array, "m1 d"]
     step_proj: Float[Array, "m0 d"] | None
     tensor: TensorSRHT | None
+    in_widths: tuple[int, int] = eqx.field(static=True)
 
 
 Projections = HermiteProjections | RandomProjections
@@ -164,8 +160,9 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
     $1 - \sum_{k \le p} a_k(q)^2 / T(q, q, q)$ relative, grows with $q$, and
     the widths are split for $q = 1$. So the inputs must be normalised so that
     the preactivation variances are of order one: with the default `degree=8`
-    and `tol=0.05`, $q \lesssim 2.5$ for `Erf()` (its $\dot T$ converges
-    slowest), $6$ for `Gelu()`, $4.5$ for `Sin()`. For activations that are not
+    and `tol=0.05`, $q \lesssim 2.2$ for `Erf()` and for
+    `ElementwiseNumerical(jnp.tanh, ...)` (their $\dot T$ converges slowest),
+    $7$ for `Gelu()`, $4.4$ for `Sin()`. For activations that are not
     positively homogeneous, `poly_sketch` and `combined` check every example,
     for $T$ and (`poly_sketch`) $\dot T$: a relative truncation error above
     `tol` fails the call through `eqx.error_if`, also under `jit`. The ReLU
@@ -231,9 +228,9 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
             return FeatureShape(None, None, shape.width, shape.spatial)
         if shape.nngp is None or shape.ntk is None:
             raise ValueError(
-                f"{self._name()}(method={cfg.method!r}) follows an exact feature layer, "
-                "whose width depends on the batch; use `method='exact'` throughout, "
-                "or sketches throughout."
+                f"{self._name()}(method={cfg.method!r}) follows an exact feature "
+                "layer, whose width depends on the batch; use `method='exact'` "
+                "throughout, or sketches throughout."
             )
         if cfg.method == "random_features":
             nngp = cfg.nngp_dim
@@ -264,7 +261,7 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
             if cfg.sketch_dim is not None and shape.ntk:
                 tensor = TensorSRHT(cfg.step_dim, shape.ntk, cfg.sketch_dim, key=k3)
             proj = jax.random.normal(k1, (cfg.nngp_dim, shape.nngp))
-            return RandomProjections(proj, step_proj, tensor)
+            return RandomProjections(proj, step_proj, tensor, shape[:2])
         plan = self._plan(shape)
         sketch = HermiteSketch(shape.nngp, dict(plan.sketch), key=k1)
         tangent = None
@@ -272,7 +269,7 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
             part_b = (None if plan.explicit else plan.part_b) if plan.has_b else 0
             tangent = TangentSketch(shape.ntk, self._step_width(plan), plan.part_a,
                                     plan.exact_a, part_b, key=k3)  # fmt: skip
-        return HermiteProjections(sketch, step_proj, tangent, plan)
+        return HermiteProjections(sketch, step_proj, tangent, plan, shape[:2])
 
     def __call__(self, f: Features) -> Features:
         if self.config.method == "exact":
@@ -281,15 +278,11 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
         if proj is None:
             raise missing_projections(self)
         phi, psi = f.nngp_feat, f.ntk_feat
-        if isinstance(proj, RandomProjections):
-            expected = proj.nngp_proj.shape[1]
-        else:
-            expected = proj.sketch.in_dim
-        if phi.shape[-1] != expected:
+        if (phi.shape[-1], psi.shape[-1]) != proj.in_widths:
             raise ValueError(
-                f"{self._name()} was initialised for NNGP features of width {expected} "
-                f"but got {phi.shape[-1]}; call `init` with the input shape of this "
-                "layer."
+                f"{self._name()} was initialised for NNGP and NTK features of widths "
+                f"{proj.in_widths} but got {(phi.shape[-1], psi.shape[-1])}; call "
+                "`init` with the input shape of this layer."
             )
         return f.replace(*_apply(self, proj, phi, psi))
 

@@ -221,15 +221,14 @@ def allocate(energy, total: int, cap: int, min_width: int) -> tuple[int, ...]:
     return tuple(int(w) for w in floor)
 
 
-def _plan(widths: dict[int, int]) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-    """Intermediate degrees of the chain, and the factors `(k - 1, 1)` of each
-    degree `k >= 2`. An absent degree below a present one gets its width."""
+def _chain(widths: dict[int, int]) -> dict[int, int]:
+    """The widths with the intermediates of the chain: an absent degree below a
+    present one (from 2 on) gets the width of the degree above it."""
     widths = dict(widths)
     for k in range(max(widths, default=0), 2, -1):
         if widths.get(k, 0) > 0 and widths.get(k - 1, 0) == 0:
             widths[k - 1] = widths[k]
-    widths = {k: w for k, w in widths.items() if w > 0}
-    return widths, {k: (k - 1, 1) for k in widths if k > 1}
+    return {k: w for k, w in sorted(widths.items()) if w > 0}
 
 
 class Plan(NamedTuple):
@@ -337,58 +336,46 @@ class HermiteSketch(eqx.Module):
     node_signs: tuple[Float[Array, " D"], ...]
     in_dim: int = eqx.field(static=True)
     widths: tuple[tuple[int, int], ...] = eqx.field(static=True)
-    splits: tuple[tuple[int, int], ...] = eqx.field(static=True)
-    transformed: tuple[int, ...] = eqx.field(static=True)
 
     def __init__(self, in_dim: int, widths: dict[int, int], *, key: PRNGKeyArray):
         big = next_power_of_two(in_dim)
-        widths, splits = _plan(widths)
+        widths = _chain(widths)
         if widths.get(1, 0) >= in_dim:
             widths[1] = in_dim
-        factors = sorted({f for s in splits.values() for f in s if f > 1})
+        products = [k for k in widths if k > 1]
         k1, k2, k3 = jax.random.split(key, 3)
-        sizes = [big] + [next_power_of_two(widths[f]) for f in factors]
+        sizes = [big] + [next_power_of_two(widths[k - 1]) for k in products[1:]]
         self.signs, *node_signs = draw_signs(k1, sizes)
-        self.node_signs = tuple(node_signs)
+        self.node_signs = tuple(node_signs)  # of degrees 2.. top - 1
         self.linear_rows = None
         if 1 in widths and widths[1] < in_dim:
             self.linear_rows = jax.random.permutation(k2, big)[: widths[1]]
         specs = []
-        for k in sorted(splits):
-            bounds = [
-                big if f == 1 else next_power_of_two(widths[f]) for f in splits[k]
-            ]
-            specs += [(widths[k], bounds[0]), (widths[k], bounds[1])]
+        for k in products:
+            left = big if k == 2 else next_power_of_two(widths[k - 1])
+            specs += [(widths[k], left), (widths[k], big)]
         draws = draw_indices(k3, specs)
-        left, right = draws[0::2], draws[1::2]
-        self.left, self.right = tuple(left), tuple(right)
+        self.left, self.right = tuple(draws[0::2]), tuple(draws[1::2])
         self.in_dim = in_dim
-        self.widths = tuple(sorted(widths.items()))
-        self.splits = tuple(splits[k] for k in sorted(splits))
-        self.transformed = tuple(factors)
+        self.widths = tuple(widths.items())
 
     def __call__(self, u: Float[Array, "*batch d"]) -> dict[int, Array]:
         """`{degree: z_k(u)}`, each `(*batch, width_k)`."""
         dtype = u.dtype
         big_u = fwht(pad_to_power_of_two(u) * self.signs.astype(dtype))
-        z, transforms = {}, {1: big_u}
-        signs = dict(zip(self.transformed, self.node_signs))
-        products = zip(sorted(k for k, _ in self.widths if k > 1), self.splits)
-        products = {
-            k: (s, i, j) for (k, s), i, j in zip(products, self.left, self.right)
-        }
+        z, previous = {}, big_u  # previous: the transform Z_{k-1}
+        rows = iter(zip(self.left, self.right))
+        signs = iter(self.node_signs)
         for k, width in self.widths:
+            scale = np.sqrt(width).astype(dtype)
             if k == 1:
-                if self.linear_rows is None:
-                    z[1] = u
-                else:
-                    z[1] = big_u[..., self.linear_rows] / np.sqrt(width).astype(dtype)
-            else:
-                (a, b), i, j = products[k]
-                out = transforms[a][..., i] * transforms[b][..., j]
-                z[k] = out / np.sqrt(width).astype(dtype)
-            if k in signs:
-                transforms[k] = fwht(pad_to_power_of_two(z[k]) * signs[k].astype(dtype))
+                rows1 = self.linear_rows
+                z[1] = u if rows1 is None else big_u[..., rows1] / scale
+                continue
+            i, j = next(rows)
+            z[k] = previous[..., i] * big_u[..., j] / scale
+            if k < self.widths[-1][0]:
+                previous = fwht(pad_to_power_of_two(z[k]) * next(signs).astype(dtype))
         return z
 
 
@@ -430,6 +417,7 @@ class TangentSketch(eqx.Module):
     step_signs: Float[Array, " D0"] | None
     left: Int[Array, " mb"] | None
     right: Int[Array, " mb"] | None
+    psi_width: int = eqx.field(static=True)
     part_a: int = eqx.field(static=True)
     exact_a: bool = eqx.field(static=True)
     part_b: int | None = eqx.field(static=True)
@@ -439,6 +427,7 @@ class TangentSketch(eqx.Module):
         ks = jax.random.split(key, 3)
         big, big0 = next_power_of_two(psi_width), next_power_of_two(step_width)
         self.part_a, self.exact_a, self.part_b = part_a, exact_a, part_b
+        self.psi_width = psi_width
         sketched_a = part_a > 0 and not exact_a
         sketched_b = part_b is not None and part_b > 0
         signs, step_signs = draw_signs(ks[0], [big, big0])

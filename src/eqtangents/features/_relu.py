@@ -131,8 +131,8 @@ class LeakyRelu(_AbstractABRelu):
                  nngp_dim: int = 1024, step_dim: int | None = None,
                  sketch_dim: int | None = 1024, degree: int = 8):  # fmt: skip
         self.alpha = real(alpha, "features.LeakyRelu", "alpha")
-        self.config = make_config("LeakyRelu", method, nngp_dim, step_dim, sketch_dim, degree,
-                                  None)  # fmt: skip
+        options = (nngp_dim, step_dim, sketch_dim, degree, None)
+        self.config = make_config("LeakyRelu", method, *options)
         self.projections = None
 
     def _slopes(self):
