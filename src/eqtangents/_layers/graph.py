@@ -100,28 +100,7 @@ class Aggregate(AbstractLayer):
 
     def _axes(self, shape: Shape) -> tuple[int, ...]:
         """The aggregated spatial axes, `1 <= axis <= d`, sorted."""
-        d = len(shape) - 1
-        if d == 0:
-            raise ValueError(
-                f"Aggregate needs vertices along spatial axes, `(C, *V)`, but got "
-                f"per-example shape {shape}; a flat input has a single vertex."
-            )
-        if self.aggregate_axis is None:
-            return tuple(range(1, d + 1))
-        axes = []
-        for a in self.aggregate_axis:
-            if not -d <= a <= d or a % (d + 1) == 0:
-                raise ValueError(
-                    f"Aggregate(aggregate_axis={self.aggregate_axis}): axis {a} is "
-                    f"not a spatial axis of inputs {shape} (channels first: axis 0 "
-                    f"is the channel axis, 1..{d} are spatial)."
-                )
-            axes.append(a % (d + 1))
-        if len(set(axes)) != len(axes):
-            raise ValueError(
-                f"Aggregate(aggregate_axis={self.aggregate_axis}) names an axis twice."
-            )
-        return tuple(sorted(axes))
+        return aggregated_axes(self.aggregate_axis, shape, "Aggregate")
 
     def output_shape(self, input_shape: Shape) -> Shape:
         shape = as_shape(input_shape, self)
@@ -290,3 +269,31 @@ def _sandwich(cov, left, right, axes, batch_ndim: int) -> Array:
         operands.append(adjacency)
         subs.append(batch + "".join(given) + "".join(new))
     return jnp.einsum(f"{','.join(subs)}->{''.join(out)}", *operands)
+
+
+def aggregated_axes(aggregate_axis, shape: Shape, where: str) -> tuple[int, ...]:
+    """The spatial axes `1 <= axis <= d` named by `aggregate_axis` (all of them
+    for `None`) of per-example inputs `shape = (C, *spatial)`, sorted;
+    `where` names the layer in errors."""
+    d = len(shape) - 1
+    if d == 0:
+        raise ValueError(
+            f"{where} needs vertices along spatial axes, `(C, *V)`, but got "
+            f"per-example shape {shape}; a flat input has a single vertex."
+        )
+    if aggregate_axis is None:
+        return tuple(range(1, d + 1))
+    axes = []
+    for a in aggregate_axis:
+        if not -d <= a <= d or a % (d + 1) == 0:
+            raise ValueError(
+                f"{where}(aggregate_axis={aggregate_axis}): axis {a} is not a "
+                f"spatial axis of inputs {shape} (channels first: axis 0 is the "
+                f"channel axis, 1..{d} are spatial)."
+            )
+        axes.append(a % (d + 1))
+    if len(set(axes)) != len(axes):
+        raise ValueError(
+            f"{where}(aggregate_axis={aggregate_axis}) names an axis twice."
+        )
+    return tuple(sorted(axes))

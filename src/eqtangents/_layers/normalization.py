@@ -11,13 +11,14 @@ from .._layer import AbstractLayer, Shape, as_shape, require_gaussian
 from .._mask import check_mask, side2
 
 
-def _check_axes(axis) -> tuple[int, ...]:
+def check_axes(axis, where: str = "LayerNorm") -> tuple[int, ...]:
+    """`axis` as a non-empty tuple of ints; `where` names the layer in errors."""
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
     if len(axes) == 0 or not all(
         isinstance(a, int) and not isinstance(a, bool) for a in axes
     ):
         raise ValueError(
-            "LayerNorm: `axis` must be an integer or a non-empty tuple of integers "
+            f"{where}: `axis` must be an integer or a non-empty tuple of integers "
             f"(per-example axes, 0 = channels), got {axis!r}."
         )
     return tuple(axes)
@@ -64,7 +65,7 @@ class LayerNorm(AbstractLayer):
     call_keywords = frozenset({"mask"})
 
     def __init__(self, axis: int | tuple[int, ...] = 0, eps: float = 1e-12):
-        axes = _check_axes(axis)
+        axes = check_axes(axis)
         self.axis = axes[0] if isinstance(axis, int) else axes
         eps = float(eps)
         if not eps >= 0:
@@ -74,7 +75,7 @@ class LayerNorm(AbstractLayer):
     def _axes(self, shape: Shape) -> tuple[int, ...]:
         """The normalized axes, in range and sorted."""
         ndim = len(shape)
-        raw = _check_axes(self.axis)
+        raw = check_axes(self.axis)
         if not all(-ndim <= a < ndim for a in raw):
             raise ValueError(
                 f"LayerNorm(axis={self.axis}) names an axis out of range for its "

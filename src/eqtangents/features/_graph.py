@@ -7,6 +7,7 @@ import math
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._layers.graph import aggregated_axes
 from ._features import AbstractFeatureLayer, Features, FeatureShape, as_feature_shape
 
 
@@ -71,31 +72,8 @@ class Aggregate(AbstractFeatureLayer):
     def _axes(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         """The aggregated per-example axes `1 <= axis <= d`, sorted (also the
         array axes of the features `(N, *spatial, d)`)."""
-        d = len(spatial)
-        if d == 0:
-            raise ValueError(
-                "features.Aggregate needs vertices along spatial axes, inputs "
-                "`(N, C, *V)`, but got flat features; a flat input has a single "
-                "vertex."
-            )
-        if self.aggregate_axis is None:
-            return tuple(range(1, d + 1))
-        axes = []
-        for a in self.aggregate_axis:
-            if not -d <= a <= d or a % (d + 1) == 0:
-                raise ValueError(
-                    f"features.Aggregate(aggregate_axis={self.aggregate_axis}): axis "
-                    f"{a} is not a spatial axis of inputs with spatial shape "
-                    f"{spatial} (channels first: axis 0 is the channel axis, "
-                    f"1..{d} are spatial)."
-                )
-            axes.append(a % (d + 1))
-        if len(set(axes)) != len(axes):
-            raise ValueError(
-                f"features.Aggregate(aggregate_axis={self.aggregate_axis}) names an "
-                "axis twice."
-            )
-        return tuple(sorted(axes))
+        shape = (1, *spatial)  # channels first; the width does not matter
+        return aggregated_axes(self.aggregate_axis, shape, "features.Aggregate")
 
     def output_shape(self, input_shape) -> FeatureShape:
         shape = as_feature_shape(input_shape, self)

@@ -5,19 +5,8 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._layers.normalization import check_axes
 from ._features import AbstractFeatureLayer, Features, FeatureShape, as_feature_shape
-
-
-def _check_axes(axis) -> tuple[int, ...]:
-    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-    if len(axes) == 0 or not all(
-        isinstance(a, int) and not isinstance(a, bool) for a in axes
-    ):
-        raise ValueError(
-            "features.LayerNorm: `axis` must be an int or a non-empty tuple of "
-            f"ints (per-example axes, 0 = channels), got {axis!r}."
-        )
-    return tuple(axes)
 
 
 class LayerNorm(AbstractFeatureLayer):
@@ -55,7 +44,7 @@ class LayerNorm(AbstractFeatureLayer):
     eps: float
 
     def __init__(self, axis: int | tuple[int, ...] = 0, eps: float = 1e-12):
-        axes = _check_axes(axis)
+        axes = check_axes(axis, "features.LayerNorm")
         self.axis = axes[0] if isinstance(axis, int) else axes
         eps = float(eps)
         if not eps >= 0:
@@ -66,7 +55,7 @@ class LayerNorm(AbstractFeatureLayer):
 
     def _axes(self, ndim: int) -> tuple[int, ...]:
         """The normalised per-example axes, in range and sorted."""
-        raw = _check_axes(self.axis)
+        raw = check_axes(self.axis, "features.LayerNorm")
         if not all(-ndim <= a < ndim for a in raw):
             raise ValueError(
                 f"features.LayerNorm(axis={self.axis}) names an axis out of range "
