@@ -11,6 +11,8 @@ import scipy.linalg
 
 import eqtangents as et
 
+from ._features_checks import relative_error
+
 F = et.features
 
 
@@ -37,10 +39,6 @@ def _init(fmodel, key, shape):
 @eqx.filter_jit
 def _embed(fmodel, x):
     return fmodel(F.Features.from_inputs(x))
-
-
-def _rel(a, b):
-    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
 def _assert_unbiased(estimates, exact, n_se=4.0):
@@ -195,10 +193,13 @@ def _errors(m, seeds):
     nngp = jnp.stack([k[0] for k in kernels])
     ntk = jnp.stack([k[1] for k in kernels])
     single = (
-        np.mean([_rel(a, _EXACT.nngp) for a in nngp]),
-        np.mean([_rel(a, _EXACT.ntk) for a in ntk]),
+        np.mean([relative_error(a, _EXACT.nngp) for a in nngp]),
+        np.mean([relative_error(a, _EXACT.ntk) for a in ntk]),
     )
-    averaged = (_rel(nngp.mean(0), _EXACT.nngp), _rel(ntk.mean(0), _EXACT.ntk))
+    averaged = (
+        relative_error(nngp.mean(0), _EXACT.nngp),
+        relative_error(ntk.mean(0), _EXACT.ntk),
+    )
     return single, averaged
 
 
@@ -223,7 +224,7 @@ def test_explicit_tensor_product_matches_in_expectation():
     fmodel = _init(_features("ntk", relu), jax.random.key(0), (6,))
     f = _embed(fmodel, _X_UNIT)
     assert f.ntk_feat.shape[1] == fmodel.output_shape((6,)).ntk
-    assert _rel(F.kernel(f, get="ntk"), _EXACT.ntk) < 0.2
+    assert relative_error(F.kernel(f, get="ntk"), _EXACT.ntk) < 0.2
 
 
 def test_random_features_standard_parameterization():
@@ -231,7 +232,7 @@ def test_random_features_standard_parameterization():
     k = _network("standard").kernel(x, None)
     fmodel = _init(_features("standard", _relu(1024)), jax.random.key(3), (5,))
     nngp, ntk = F.kernel(_embed(fmodel, x))
-    assert _rel(nngp, k.nngp) < 0.15 and _rel(ntk, k.ntk) < 0.15
+    assert relative_error(nngp, k.nngp) < 0.15 and relative_error(ntk, k.ntk) < 0.15
 
 
 def test_train_and_test_share_one_sketch():

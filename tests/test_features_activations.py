@@ -14,6 +14,8 @@ from numpy.polynomial.hermite_e import hermeval
 import eqtangents as et
 from eqtangents.features import _hermite as H
 
+from ._features_checks import relative_error
+
 F = et.features
 
 
@@ -55,10 +57,6 @@ def _gauss_expectation(f, lo=-np.inf, hi=np.inf):
 @jax.jit
 def _kernels(fmodel, x):
     return tuple(F.kernel(fmodel(F.Features.from_inputs(x))))
-
-
-def _rel(a, b):
-    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
 # ---------------------------------------------------------------- coefficients
@@ -301,7 +299,7 @@ def _errors(name, method, m, seeds=2, hidden=2):
     out = []
     for seed in range(seeds):
         nngp, ntk = _kernels(fmodel.init(jax.random.key(seed), (8,)), x)
-        out.append((_rel(nngp, k.nngp), _rel(ntk, k.ntk)))
+        out.append((relative_error(nngp, k.nngp), relative_error(ntk, k.ntk)))
     return np.mean(out, axis=0)
 
 

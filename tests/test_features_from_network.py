@@ -9,6 +9,8 @@ import pytest
 
 import eqtangents as et
 
+from ._features_checks import assert_matches_kernel, relative_error
+
 F = et.features
 
 
@@ -20,19 +22,6 @@ def _x(shape, seed=0):
 def _kernels(fmodel, key, x, pattern=None):
     fmodel = fmodel.init(key, x.shape[1:])
     return tuple(F.kernel(fmodel(F.Features.from_inputs(x, pattern=pattern))))
-
-
-def _assert_matches(kernels, k):
-    for name, got in zip(("nngp", "ntk"), kernels):
-        expected = getattr(k, name)
-        assert got.shape == expected.shape, (name, got.shape, expected.shape)
-        scale = max(1.0, float(jnp.abs(expected).max()))
-        err = float(jnp.abs(got - expected).max())
-        assert err < 1e-8 * scale, (name, err, scale)
-
-
-def _rel(a, b):
-    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
 def _residual(par="ntk"):
@@ -59,7 +48,7 @@ def test_exact_residual_network(par):
     fmodel = F.from_network(model, method="exact")
     relu = fmodel.layers[2].layers[0].layers[1]
     assert isinstance(relu, F.Relu) and relu.output_shape((4,)).nngp is None
-    _assert_matches(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
+    assert_matches_kernel(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
 
 
 def test_exact_concat_repeat_and_graph_network():
@@ -81,7 +70,7 @@ def test_exact_concat_repeat_and_graph_network():
     )
     fmodel = F.from_network(model, method="exact")
     assert len(fmodel.layers[0].layers) == 2  # Repeat unrolled
-    _assert_matches(
+    assert_matches_kernel(
         _kernels(fmodel, jax.random.key(0), x, p),
         model.kernel(x, None, pattern=(p, None)),
     )
@@ -100,9 +89,9 @@ def test_repeat_is_unrolled_with_a_position_per_copy():
     # The overrides change the kernel: it is that of the edited network.
     k = et.Serial(et.Dense(16, 1.4, 0.2), et.Relu(), et.Dense(16, 2.0, 0.2), et.Relu())
     k = et.Serial(k, block, et.Dense(1, 0.8, 0.3)).kernel(x, None)
-    _assert_matches(_kernels(fmodel, jax.random.key(0), x), k)
+    assert_matches_kernel(_kernels(fmodel, jax.random.key(0), x), k)
     fmodel = F.from_network(model, method="exact")
-    _assert_matches(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
+    assert_matches_kernel(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
 
 
 _X_UNIT = _x((10, 6), seed=3)
@@ -118,7 +107,9 @@ def test_random_features_error_falls_with_feature_dim():
         out = []
         for s in range(seeds):
             nngp, ntk = _kernels(fmodel, jax.random.key(s), _X_UNIT)
-            out.append((_rel(nngp, exact.nngp), _rel(ntk, exact.ntk)))
+            out.append(
+                (relative_error(nngp, exact.nngp), relative_error(ntk, exact.ntk))
+            )
         return np.mean(out, axis=0)
 
     small, large = errors(128, 4), errors(2048, 2)
@@ -166,7 +157,9 @@ def test_abrelu_family(alias, monkeypatch):
         fmodel = F.from_network(model, method="exact")
         if alias or isinstance(act, et.ABRelu):
             assert type(fmodel.layers[1]) is F.ABRelu
-        _assert_matches(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
+        assert_matches_kernel(
+            _kernels(fmodel, jax.random.key(0), x), model.kernel(x, None)
+        )
 
 
 @pytest.mark.parametrize("head", ["global_avg_pool", "flatten"])
@@ -182,7 +175,7 @@ def test_exact_convolutional_networks(head):
         et.Dense(1, 0.9, 0.1),
     )
     fmodel = F.from_network(model, method="exact")
-    _assert_matches(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
+    assert_matches_kernel(_kernels(fmodel, jax.random.key(0), x), model.kernel(x, None))
 
 
 def test_hyperparameters_the_feature_layer_lacks(monkeypatch):

@@ -11,6 +11,8 @@ import pytest
 
 import eqtangents as et
 
+from ._features_checks import assert_matches_kernel, relative_error
+
 F = et.features
 
 
@@ -45,20 +47,6 @@ def _exact_kernels(fmodel, x):
     return F.kernel(_embed(fmodel, x))
 
 
-def _assert_matches(features_kernels, k):
-    """Exact features reproduce `model.kernel` to 1e-8 (relative to its scale)."""
-    for name, got in zip(("nngp", "ntk"), features_kernels):
-        expected = getattr(k, name)
-        assert got.shape == expected.shape, (name, got.shape, expected.shape)
-        scale = max(1.0, float(jnp.abs(expected).max()))
-        err = float(jnp.abs(got - expected).max())
-        assert err < 1e-8 * scale, (name, err, scale)
-
-
-def _rel(a, b):
-    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
 # ---------------------------------------------------------------- Conv
 
 
@@ -78,7 +66,7 @@ def test_conv_relu_conv_exact_2d(padding, par, b_std):
         F.Relu("exact"),
         F.Conv(2, 1, padding, (1, 2), 0.9, 0.1, par, out_channels=4),
     )
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME", "CIRCULAR"])
@@ -98,7 +86,7 @@ def test_linear_conv_features_are_exact_across_batches(padding, par):
     )  # fmt: skip
     fmodel = _init(fmodel, jax.random.key(0), (3, 9))
     f1, f2 = _embed(fmodel, x1), _embed(fmodel, x2)
-    _assert_matches(F.kernel(f1, f2), net.kernel(x1, x2))
+    assert_matches_kernel(F.kernel(f1, f2), net.kernel(x1, x2))
     shape = fmodel.output_shape((3, 9))
     assert f1.shape == shape._replace(width=None)
     spatial = (4, 3) if padding == "VALID" else (5, 5)
@@ -119,7 +107,7 @@ def test_conv_1d_with_relu_exact():
         F.Conv(3, 1, "CIRCULAR", W_std=1.1), F.Relu("exact"),
         F.Conv(2, W_std=0.7, b_std=0.2),
     )  # fmt: skip
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 # ---------------------------------------------------------------- pooling
@@ -141,7 +129,7 @@ def test_avg_pool_exact(pool):
                     et.AvgPool(**pool))  # fmt: skip
     fmodel = F.Serial(F.Conv(3, padding="SAME", b_std=0.2), F.Relu("exact"),
                       F.AvgPool(**pool))  # fmt: skip
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
     out = et.Serial(et.Conv(4, 3, padding="SAME"), et.AvgPool(**pool))
     shape = F.Serial(F.Conv(3, padding="SAME"), F.AvgPool(**pool)).output_shape(
         x.shape[1:]
@@ -157,7 +145,7 @@ def test_global_avg_pool_and_flatten_exact():
                         et.Dense(1, 1.3, 0.1))  # fmt: skip
         fmodel = F.Serial(F.Conv(3, b_std=0.2), F.Relu("exact"), fpool,
                           F.Dense(1.3, 0.1))  # fmt: skip
-        _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+        assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 def test_flatten_is_the_mean_of_the_spatial_diagonal():
@@ -180,7 +168,7 @@ def test_pooling_flat_features_does_nothing_like_the_network():
     net = et.Serial(et.Dense(8, 1.2, 0.1), et.Flatten(), et.GlobalAvgPool(),
                     et.Dense(1))  # fmt: skip
     fmodel = F.Serial(F.Dense(1.2, 0.1), F.Flatten(), F.GlobalAvgPool(), F.Dense())
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 def test_standard_parameterization_after_flatten_uses_positions_times_channels():
@@ -192,7 +180,7 @@ def test_standard_parameterization_after_flatten_uses_positions_times_channels()
     assert F.Flatten().output_shape(F.FeatureShape(5, 7, 6, (2, 2))) == (
         F.FeatureShape(20, 28, 24, ())
     )
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 # ---------------------------------------------------------------- networks
@@ -208,7 +196,7 @@ def test_conv_relu_avgpool_flatten_dense_exact():
         F.Conv((3, 3), padding="SAME", W_std=1.5, b_std=0.1), F.Relu("exact"),
         F.AvgPool(2), F.Flatten(), F.Dense(1.2, 0.05),
     )  # fmt: skip
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 @pytest.mark.parametrize("par", ["ntk", "standard"])
@@ -231,7 +219,7 @@ def test_conv_relu_conv_relu_global_pool_dense_exact(par):
         F.GlobalAvgPool(),
         F.Dense(0.9, 0.1, par),
     )  # fmt: skip
-    _assert_matches(_exact_kernels(fmodel, x), net.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), net.kernel(x, None))
 
 
 # ---------------------------------------------------------------- random features
@@ -268,8 +256,10 @@ def _errors(fmodel, seeds):
     single, averaged = [], []
     for i, name in enumerate(("nngp", "ntk")):
         exact = getattr(k, name)
-        single.append(np.mean([_rel(r[i], exact) for r in runs]))
-        averaged.append(_rel(jnp.mean(jnp.stack([r[i] for r in runs]), 0), exact))
+        single.append(np.mean([relative_error(r[i], exact) for r in runs]))
+        averaged.append(
+            relative_error(jnp.mean(jnp.stack([r[i] for r in runs]), 0), exact)
+        )
     return np.array(single), np.array(averaged)
 
 
@@ -306,7 +296,7 @@ def test_sketched_shapes_match_output_shape():
     k = et.Serial(et.Conv(4, 3, padding="SAME", b_std=0.1), et.Flatten()).kernel(
         _XR, None
     )
-    _assert_matches(F.kernel(_embed(exact, _XR)), k)
+    assert_matches_kernel(F.kernel(_embed(exact, _XR)), k)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

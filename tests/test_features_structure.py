@@ -9,6 +9,8 @@ import pytest
 
 import eqtangents as et
 
+from ._features_checks import assert_matches_kernel, relative_error
+
 F = et.features
 
 
@@ -30,16 +32,6 @@ def _embed(fmodel, x, pattern=None):
 def _exact_kernels(fmodel, x, pattern=None):
     fmodel = _init(fmodel, jax.random.key(0), x.shape[1:])
     return F.kernel(_embed(fmodel, x, pattern))
-
-
-def _assert_matches(features_kernels, k):
-    """Exact features reproduce `model.kernel` to 1e-8 (relative to its scale)."""
-    for name, got in zip(("nngp", "ntk"), features_kernels):
-        expected = getattr(k, name)
-        assert got.shape == expected.shape, (name, got.shape, expected.shape)
-        scale = max(1.0, float(jnp.abs(expected).max()))
-        err = float(jnp.abs(got - expected).max())
-        assert err < 1e-8 * scale, (name, err, scale)
 
 
 def _exact_relu():
@@ -93,14 +85,14 @@ def _residual_features(par, relu):
 def test_residual_block_exact(par):
     x = _x((9, 5))
     k = _residual_net(par).kernel(x, None)
-    _assert_matches(_exact_kernels(_residual_features(par, _exact_relu), x), k)
+    assert_matches_kernel(_exact_kernels(_residual_features(par, _exact_relu), x), k)
 
 
 def test_residual_block_exact_on_spatial_inputs():
     x = _x((5, 3, 4), seed=1)
     k = _residual_net("ntk", pointwise=(1,)).kernel(x, None)
     assert k.nngp.shape == (5, 5, 4, 4)
-    _assert_matches(_exact_kernels(_residual_features("ntk", _exact_relu), x), k)
+    assert_matches_kernel(_exact_kernels(_residual_features("ntk", _exact_relu), x), k)
 
 
 def test_fan_in_sum_of_three_linear_branches_is_exact_across_batches():
@@ -121,7 +113,7 @@ def test_fan_in_sum_of_three_linear_branches_is_exact_across_batches():
     ).init(jax.random.key(0), (4,))
     f1 = fmodel(F.Features.from_inputs(x1))
     f2 = fmodel(F.Features.from_inputs(x2))
-    _assert_matches(F.kernel(f1, f2), model.kernel(x1, x2))
+    assert_matches_kernel(F.kernel(f1, f2), model.kernel(x1, x2))
     assert f1.shape == fmodel.output_shape((4,))
 
 
@@ -152,7 +144,7 @@ def test_fan_in_concat_channels_weights_by_width():
         F.Relu("exact"),
         F.Dense(0.9),
     )
-    _assert_matches(_exact_kernels(fmodel, x), model.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), model.kernel(x, None))
     # The weights matter: equal weights give a different kernel.
     head = fmodel.layers[:3]
     equal = _exact_kernels(F.Serial(*head, F.FanInConcat(widths=(1, 1))), x)
@@ -184,7 +176,7 @@ def test_fan_in_concat_spatial_axis(axis):
     )
     k = model.kernel(x, None)
     assert k.nngp.shape == (4, 4, 10, 10)
-    _assert_matches(_exact_kernels(fmodel, x), k)
+    assert_matches_kernel(_exact_kernels(fmodel, x), k)
     assert fmodel.output_shape((3, 5)).spatial == (10,)
 
 
@@ -206,7 +198,7 @@ def test_fan_in_concat_along_one_axis_of_an_image():
     )
     k = model.kernel(x, None)
     assert k.nngp.shape == (3, 3, 3, 3, 8, 8)
-    _assert_matches(_exact_kernels(fmodel, x), k)
+    assert_matches_kernel(_exact_kernels(fmodel, x), k)
 
 
 # ------------------------------------------------------------ LayerNorm
@@ -222,7 +214,7 @@ def test_layer_norm_flat():
         F.Dense(1.4, 0.3), F.Relu("exact"), F.Dense(1.1, 0.2),
         F.LayerNorm(), F.Relu("exact"), F.Dense(0.8, 0.1),
     )  # fmt: skip
-    _assert_matches(_exact_kernels(fmodel, x), model.kernel(x, None))
+    assert_matches_kernel(_exact_kernels(fmodel, x), model.kernel(x, None))
 
 
 def test_layer_norm_features_have_unit_variance():
@@ -261,7 +253,7 @@ def test_layer_norm_spatial(shape, axis):
     )
     k = model.kernel(x, None)
     assert k.nngp.ndim == 2 + 2 * (len(shape) - 2)
-    _assert_matches(_exact_kernels(fmodel, x), k)
+    assert_matches_kernel(_exact_kernels(fmodel, x), k)
 
 
 # ------------------------------------------------------------ Aggregate
@@ -291,7 +283,7 @@ def test_aggregate_linear_network_exact_across_batches():
     f2 = fmodel(F.Features.from_inputs(x2, pattern=p2))
     k = model.kernel(x1, x2, pattern=(p1, p2))
     assert k.nngp.shape == (4, 3, 6, 6)
-    _assert_matches(F.kernel(f1, f2), k)
+    assert_matches_kernel(F.kernel(f1, f2), k)
 
 
 def test_aggregate_graph_network_exact():
@@ -305,7 +297,7 @@ def test_aggregate_graph_network_exact():
         F.Dense(1.1, 0.1), F.Relu("exact"), F.Aggregate(1),
     )  # fmt: skip
     k = model.kernel(x, None, pattern=(p, None))
-    _assert_matches(_exact_kernels(fmodel, x, pattern=p), k)
+    assert_matches_kernel(_exact_kernels(fmodel, x, pattern=p), k)
 
 
 @pytest.mark.parametrize(
@@ -327,7 +319,7 @@ def test_aggregate_on_images(aggregate_axis):
     )
     k = model.kernel(x, None, pattern=(nested, None))
     # `Features` holds the flattened adjacency, vertices in row-major order.
-    _assert_matches(_exact_kernels(fmodel, x, pattern=flat), k)
+    assert_matches_kernel(_exact_kernels(fmodel, x, pattern=flat), k)
 
 
 # ------------------------------------------------------------ random features
@@ -347,15 +339,13 @@ def _random_kernels(key, m):
     return tuple(F.kernel(fmodel(F.Features.from_inputs(_X_UNIT))))
 
 
-def _rel(a, b):
-    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-
-
 def _mean_errors(m, seeds):
     errs = []
     for s in range(seeds):
         nngp, ntk = _random_kernels(jax.random.key(s), m)
-        errs.append((_rel(nngp, _EXACT.nngp), _rel(ntk, _EXACT.ntk)))
+        errs.append(
+            (relative_error(nngp, _EXACT.nngp), relative_error(ntk, _EXACT.ntk))
+        )
     return np.mean(errs, axis=0)
 
 
