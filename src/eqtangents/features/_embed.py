@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -24,11 +26,11 @@ def embed(
     r"""The features of every input of `x`, computed `batch_size` at a time.
 
     A feature model maps each example independently, so a data set of any
-    size is embedded in batches with device memory bounded by one batch: the
-    inputs stay on the host (a NumPy array or memmap is fine) and each batch of
-    features is moved to host memory as soon as it is computed. The last,
-    shorter batch is padded by repeating its last input, so one compiled
-    function serves all batches.
+    size is embedded in batches: the inputs stay on the host (a NumPy array or
+    memmap is fine) and each batch of features is written in place into the
+    output, so memory holds the output, one batch and nothing else. The last
+    batch is the last `batch_size` inputs (overlapping the one before), so one
+    compiled function serves all batches.
 
     **Arguments:**
 
@@ -76,30 +78,34 @@ def embed(
     starts = range(0, n, size)
     if progress is None:
         progress = len(starts) > 1 and sys.stderr.isatty()
-    dtype = jnp.result_type(x.dtype if np.issubdtype(x.dtype, np.inexact) else float)
+    # NumPy's float64 becomes float32 unless JAX has x64 enabled, as in jnp.asarray.
+    dtype = jax.dtypes.canonicalize_dtype(
+        x.dtype if np.issubdtype(x.dtype, np.inexact) else float
+    )
     spatial = tuple(shape.spatial)
-    nngp = np.empty((n, *spatial, shape.nngp), dtype)
-    ntk = np.empty((n, *spatial, shape.ntk), dtype)
+    nngp = jnp.zeros((n, *spatial, shape.nngp), dtype)
+    ntk = jnp.zeros((n, *spatial, shape.ntk), dtype)
     bar = tqdm(total=n, disable=not progress, unit="input", desc="features.embed")
     for start in starts:
         stop = min(start + size, n)
-        chunk = _padded(x[start:stop], size)
-        chunk_pattern = None if pattern is None else _padded(pattern[start:stop], size)
-        f = _embed_batch(fmodel, jnp.asarray(chunk, dtype), chunk_pattern)
-        nngp[start:stop] = np.asarray(f.nngp_feat)[: stop - start]
-        ntk[start:stop] = np.asarray(f.ntk_feat)[: stop - start]
+        first = stop - size
+        chunk = jnp.asarray(x[first:stop], dtype)
+        chunk_pattern = None if pattern is None else jnp.asarray(pattern[first:stop])
+        f = _embed_batch(fmodel, chunk, chunk_pattern)
+        nngp, ntk = _write(nngp, ntk, f.nngp_feat, f.ntk_feat, first)
         bar.update(stop - start)
     bar.close()
     pattern = None if pattern is None else jnp.asarray(pattern, dtype)
-    return Features(jnp.asarray(nngp), jnp.asarray(ntk), pattern)
+    return Features(nngp, ntk, pattern)
 
 
-def _padded(a: np.ndarray, size: int) -> np.ndarray:
-    """`a` with its last row repeated up to `size` rows."""
-    missing = size - a.shape[0]
-    if missing == 0:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], missing, axis=0)])
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _write(nngp: Array, ntk: Array, nngp_block: Array, ntk_block: Array, start):
+    """`nngp` and `ntk` with the blocks written from row `start`, in place."""
+    return (
+        jax.lax.dynamic_update_slice_in_dim(nngp, nngp_block, start, 0),
+        jax.lax.dynamic_update_slice_in_dim(ntk, ntk_block, start, 0),
+    )
 
 
 @eqx.filter_jit

@@ -117,7 +117,9 @@ def _predict(predictor, times, phi_test, fx_train_0, fx_test_0):
     # the features (d > N): they carry no signal and must not move.
     d = a.shape[0]
     moving = a > jnp.max(a) * d * jnp.finfo(a.dtype).eps
-    coef = w.T @ (predictor.train_features.T @ fx_train_0) - predictor.projected_targets
+    # (f^T Phi)^T rather than Phi^T f: no transposed copy of the N x d features.
+    coef = w.T @ (fx_train_0.T @ predictor.train_features).T
+    coef = coef - predictor.projected_targets
     left = phi_test @ w
     if times is None:
         h = jnp.where(moving, -1 / jnp.where(moving, a, 1), 0)
@@ -185,32 +187,36 @@ def gradient_descent_mse_features(
         )
     if np.ndim(diag_reg) != 0:
         raise ValueError(f"{_WHERE}: `diag_reg` must be a scalar.")
-    return _build(
-        phi,
-        y,
-        jnp.asarray(learning_rate, phi.dtype),
-        jnp.asarray(diag_reg, phi.dtype),
-        bool(diag_reg_absolute_scale),
-    )
-
-
-@eqx.filter_jit
-def _build(phi, y, learning_rate, diag_reg, absolute):
-    gram = phi.T @ phi
-    evals, evecs = jnp.linalg.eigh(gram)
-    shift = diag_reg if absolute else diag_reg * jnp.trace(gram) / phi.shape[0]
-    finite = jnp.all(jnp.isfinite(phi))
-    evals = eqx.error_if(
-        evals,
-        ~finite,
-        f"et.predict.{_WHERE}: the training features contain NaN or inf.",
-    )
+    learning_rate = jnp.asarray(learning_rate, phi.dtype)
+    diag_reg = jnp.asarray(diag_reg, phi.dtype)
+    absolute = bool(diag_reg_absolute_scale)
+    evals, evecs, projected, shift = _factorize(phi, y, diag_reg, absolute)
+    # The features join the predictor outside the compiled function: returning
+    # an input from `jit` would copy all N x d of them.
     return FeatureMSEPredictor(
         eigenvalues=evals,
         eigenvectors=evecs,
-        projected_targets=evecs.T @ (phi.T @ y),
+        projected_targets=projected,
         train_features=phi,
         shift=shift,
         learning_rate=learning_rate,
         n_outputs=y.size,
     )
+
+
+@eqx.filter_jit
+def _factorize(phi, y, diag_reg, absolute):
+    r"""The eigendecomposition of $G = \Phi^\top\Phi$, $W^\top\Phi^\top y$
+    and the absolute regularizer."""
+    gram = phi.T @ phi
+    evals, evecs = jnp.linalg.eigh(gram)
+    shift = diag_reg if absolute else diag_reg * jnp.trace(gram) / phi.shape[0]
+    # A NaN or inf feature makes its column's squared norm NaN or inf.
+    finite = jnp.all(jnp.isfinite(jnp.diagonal(gram)))
+    evals = eqx.error_if(
+        evals,
+        ~finite,
+        f"et.predict.{_WHERE}: the training features contain NaN or inf (or "
+        "values whose squares overflow; rescale the inputs).",
+    )
+    return evals, evecs, evecs.T @ (y.T @ phi).T, shift
