@@ -2,6 +2,7 @@
 
 from . import features as features
 from . import predict as predict
+from ._batch import batch as batch
 from ._empirical import empirical_kernel as empirical_kernel
 from ._empirical import empirical_nngp as empirical_nngp
 from ._empirical import empirical_ntk as empirical_ntk

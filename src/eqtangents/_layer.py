@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -102,6 +103,7 @@ class AbstractLayer(eqx.Module):
         diagonal_batch: bool = False,
         pattern: tuple | None = None,
         mask_constant: float | ArrayLike | None = None,
+        batch_size: int | None = None,
     ):
         r"""NNGP and NTK kernels of the infinitely wide network at `x1`, `x2`.
 
@@ -139,6 +141,11 @@ class AbstractLayer(eqx.Module):
           (masked inputs count as zeros), as in Neural Tangents. The finite
           network takes the same keyword, `net(x, mask_constant=c)`. See
           `docs/masking.md`.
+        - `batch_size`: compute the kernel in tiles of `batch_size` x
+          `batch_size` examples (only the upper triangle when `x2=None`) to
+          bound memory: `et.batch(model.kernel, batch_size)(x1, x2, get, ...)`,
+          whose further options (host memory, devices, memmap files, progress)
+          `et.batch` takes.
 
         **Returns:**
 
@@ -154,6 +161,23 @@ class AbstractLayer(eqx.Module):
         ```
         """
         names, _ = parse_get(get)
+        if batch_size is not None:
+            from ._batch import batch
+
+            if pattern is not None or diagonal_batch:
+                raise ValueError(
+                    f"{type(self).__name__}.kernel: `batch_size` tiles the N1 x N2 "
+                    "grid; it does not split `pattern` or `diagonal_batch=True` "
+                    "(which already costs N examples, not N^2 pairs); leave "
+                    "`batch_size` as None."
+                )
+            kernel_fn = functools.partial(
+                type(self).kernel,
+                self,
+                diagonal_spatial=diagonal_spatial,
+                mask_constant=mask_constant,
+            )
+            return batch(kernel_fn, batch_size)(x1, x2, get=get)
         if isinstance(x1, Kernel):
             if x2 is not None:
                 raise ValueError(

@@ -1,0 +1,3 @@
+"""Tiled, sharded and out-of-core evaluation of kernel functions."""
+
+from ._batch import batch as batch
