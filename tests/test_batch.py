@@ -29,7 +29,10 @@ from tests import _batch_cases as cases
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-def _assert_rounding_close(actual, expected, eps=np.finfo(np.float64).eps):
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _assert_rounding_close(actual, expected, eps=_EPS64):
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape
     scale = np.max(np.abs(expected))

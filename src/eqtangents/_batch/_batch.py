@@ -7,6 +7,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
