@@ -168,7 +168,7 @@ def _evaluate(kernel_fn, options: _Options, x1, x2, args, kwargs):
             "e.g. `get=('nngp', 'ntk')`."
         )
     inputs = _Inputs(x1, x2, size)
-    compute = ShardedTiles(tile_fn, inputs, grid, options.mesh, _WHERE)
+    compute = ShardedTiles(kernel_fn, args, kwargs, inputs, grid, options.mesh, _WHERE)
     if jax.process_count() > 1:
         result = _distributed.evaluate(compute, grid, leaves, options, _WHERE, _bar)
         return None if result is None else _assemble(abstract, result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,15 +31,15 @@ class ShardedTiles:
     tiles run one after the other; with a mesh they go to its devices in
     rounds, one per device, stacked and split with `shard_map`. Diagonal tiles
     of a symmetric kernel (`kernel_fn(x_i, None)`) and the others are two
-    programs."""
+    programs. The programs are compiled with `eqx.filter_jit` on the kernel
+    function and its arguments, so calling a batched function again reuses
+    them."""
 
-    def __init__(self, tile_fn, inputs, grid: Grid, mesh: Mesh | None, where: str):
-        self.tile_fn = tile_fn
+    def __init__(self, kernel_fn, args, kwargs, inputs, grid: Grid, mesh, where):
+        self.call = (kernel_fn, args, kwargs)
         self.inputs = inputs
         self.grid = grid
-        self.where = where
         self.devices = None if mesh is None else _local_devices(mesh, where)
-        self._programs: dict[bool, object] = {}
 
     @property
     def width(self) -> int:
@@ -48,52 +49,53 @@ class ShardedTiles:
     def __call__(self, tiles) -> Iterator[tuple[tuple, dict]]:
         diagonal = [t for t in tiles if self._is_diagonal(*t)]
         others = [t for t in tiles if not self._is_diagonal(*t)]
-        for group, is_diagonal in ((diagonal, True), (others, False)):
+        for group in (diagonal, others):
             for start in range(0, len(group), self.width):
-                yield from self._round(group[start : start + self.width], is_diagonal)
+                yield from self._round(group[start : start + self.width])
 
     def _is_diagonal(self, i: int, j: int) -> bool:
         return self.inputs.x2 is None and i == j
 
-    def _round(self, tiles, is_diagonal: bool):
+    def _round(self, tiles):
         filled = tiles + [tiles[-1]] * (self.width - len(tiles))
         pairs = [self.inputs.tile(self.grid, i, j) for i, j in filled]
-        a = _stack([p[0] for p in pairs])
-        b = None if is_diagonal else _stack([p[1] for p in pairs])
-        args = (a,) if b is None else (a, b)
-        if self.devices is not None:
-            args = self._placed(*args)
-        out = self._program(is_diagonal)(*args)
+        stacked = (_stack([p[0] for p in pairs]),)
+        if pairs[0][1] is not None:
+            stacked += (_stack([p[1] for p in pairs]),)
+        if self.devices is None:
+            out = _on_one_device(*self.call, stacked)
+        else:
+            mesh = Mesh(np.array(self.devices), (_AXIS,))
+            sharding = NamedSharding(mesh, PartitionSpec(_AXIS))
+            stacked = jax.tree.map(lambda x: jax.device_put(x, sharding), stacked)
+            out = _on_devices(*self.call, stacked, mesh)
         out = _blocks(out)
         for k, tile in enumerate(tiles):
             yield tile, {name: block[k] for name, block in out.items()}
 
-    def _placed(self, *args):
-        sharding = NamedSharding(self._mesh, PartitionSpec(_AXIS))
-        return jax.tree.map(lambda x: jax.device_put(x, sharding), args)
 
-    @property
-    def _mesh(self) -> Mesh:
-        return Mesh(np.array(self.devices), (_AXIS,))
+def _each(kernel_fn, args, kwargs):
+    """The kernel function of each tile of a stack (of one tile per device)."""
 
-    def _program(self, is_diagonal: bool):
-        if is_diagonal not in self._programs:
-            tile_fn = self.tile_fn
+    def local(a, b=None):
+        out = kernel_fn(_first(a), _first(b), *args, **kwargs)
+        return jax.tree.map(lambda y: y[None], out)
 
-            def local(a, b=None):
-                out = tile_fn(_first(a), _first(b))
-                return jax.tree.map(lambda y: y[None], out)
+    return local
 
-            # One program per kind of tile, the same on one device or many: a
-            # stack of tiles in, the kernel function of each tile inside.
-            if self.devices is None:
-                program = local
-            else:
-                spec = PartitionSpec(_AXIS)
-                in_specs = (spec,) if is_diagonal else (spec, spec)
-                program = _per_device(local, self._mesh, in_specs, spec)
-            self._programs[is_diagonal] = jax.jit(program)
-        return self._programs[is_diagonal]
+
+@eqx.filter_jit
+def _on_one_device(kernel_fn, args, kwargs, stacked):
+    return _each(kernel_fn, args, kwargs)(*stacked)
+
+
+@eqx.filter_jit
+def _on_devices(kernel_fn, args, kwargs, stacked, mesh):
+    spec = PartitionSpec(_AXIS)
+    per_device = _per_device(
+        _each(kernel_fn, args, kwargs), mesh, (spec,) * len(stacked), spec
+    )
+    return per_device(*stacked)
 
 
 def _per_device(fn, mesh, in_specs, out_specs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from pathlib import Path
 
@@ -111,15 +112,32 @@ class MemmapStore(Store):
         return self.path / f"{_file_stem(name)}.npy"
 
     def _allocate(self, leaf: Leaf):
-        return np.load(self._file(leaf.name), mmap_mode="r+")
+        """Where the array's data start in its file (the files are mapped one
+        band of rows at a time, so resident memory stays at a tile's size
+        however large the kernel is)."""
+        return np.load(self._file(leaf.name), mmap_mode="r").offset
+
+    def _put(self, name, index, block) -> None:
+        leaf = next(leaf for leaf in self.leaves if leaf.name == name)
+        rows = index[0]
+        row_shape = leaf.shape[1:]
+        band = np.memmap(
+            self._file(name),
+            dtype=leaf.dtype,
+            mode="r+",
+            offset=self.arrays[name]
+            + rows.start * leaf.dtype.itemsize * math.prod(row_shape),
+            shape=(rows.stop - rows.start, *row_shape),
+        )
+        band[(slice(None), *index[1:])] = np.asarray(block)
+        band.flush()
+        del band
 
     def is_done(self, i: int, j: int) -> bool:
         return bool(self.done[i, j])
 
     def _mark_done(self, i: int, j: int) -> None:
-        # The tile's data reach the file before the record that they are there.
-        for array in self.arrays.values():
-            array.flush()
+        # The tile's data reached the files (flushed) before this record.
         self.done[i, j] = True
         self.done.flush()
 
