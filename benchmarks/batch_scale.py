@@ -65,8 +65,8 @@ def main() -> None:
         start = time.perf_counter()
         nngp, ntk = kernel_fn(x, None, get=("nngp", "ntk"))
         seconds = time.perf_counter() - start
-        rows, cols = -(-n // args.batch_size), -(-n // args.batch_size)
-        tiles = rows * (rows + 1) // 2
+        rows = -(-n // args.batch_size)
+        tiles = rows * (rows + 1) // 2  # the upper triangle of the tile grid
         check = np.asarray(nngp[-3:, :3])
         print(
             json.dumps(

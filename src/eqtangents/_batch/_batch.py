@@ -174,12 +174,14 @@ def _evaluate(kernel_fn, options: _Options, x1, x2, args, kwargs):
         return None if result is None else _assemble(abstract, result)
     store = _store(leaves, grid, options)
     todo = [tile for tile in grid.tiles() if not store.is_done(*tile)]
-    with _bar(
-        options.progress, len(grid.tiles()), len(grid.tiles()) - len(todo)
-    ) as bar:
-        for (i, j), blocks in compute(todo):
-            store.write(i, j, blocks)
-            bar.update(1)
+    total = len(grid.tiles())
+    try:
+        with _bar(options.progress, total, total - len(todo)) as bar:
+            for (i, j), blocks in compute(todo):
+                store.write(i, j, blocks)
+                bar.update(1)
+    finally:  # an interrupted memmap computation keeps the tiles it wrote
+        store.close()
     arrays = store.read_only() if isinstance(store, MemmapStore) else store.arrays
     return _assemble(abstract, arrays)
 

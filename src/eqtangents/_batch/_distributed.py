@@ -58,12 +58,15 @@ def _to_files(compute, grid, leaves, options, where, bar, mine):
     if store is None:
         store = MemmapStore(leaves, grid, options.out, where, create=False)
     todo = [tile for tile in mine if not store.is_done(*tile)]
-    with bar(
-        options.progress if me == 0 else False, len(mine), len(mine) - len(todo)
-    ) as progress:
-        for (i, j), out in compute(todo):
-            store.write(i, j, out)
-            progress.update(1)
+    try:
+        with bar(
+            options.progress if me == 0 else False, len(mine), len(mine) - len(todo)
+        ) as progress:
+            for (i, j), out in compute(todo):
+                store.write(i, j, out)
+                progress.update(1)
+    finally:
+        store.close()
     multihost_utils.sync_global_devices(f"{where}: tiles of {options.out} written")
     return store.read_only()
 

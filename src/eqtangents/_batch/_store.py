@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -17,6 +18,7 @@ from ._tiles import Grid, Leaf, writes
 
 _DONE = "tiles_done.npy"
 _META = "meta.json"
+SYNC_SECONDS = 2.0  # how often the memmap files are flushed to disk
 
 
 class Store:
@@ -51,6 +53,9 @@ class Store:
 
     def _mark_done(self, i: int, j: int) -> None:
         pass
+
+    def close(self) -> None:
+        """Called when every tile is written."""
 
 
 class DeviceStore(Store):
@@ -106,40 +111,62 @@ class MemmapStore(Store):
         else:
             raise FileNotFoundError(f"{where}: `out={str(path)!r}` was not created.")
         self.done = np.load(self.path / _DONE, mmap_mode="r+")
+        self.pending: list[tuple[int, int]] = []
+        self.synced = time.monotonic()
         super().__init__(leaves, grid)
 
     def _file(self, name: str) -> Path:
         return self.path / f"{_file_stem(name)}.npy"
 
     def _allocate(self, leaf: Leaf):
-        """Where the array's data start in its file (the files are mapped one
-        band of rows at a time, so resident memory stays at a tile's size
-        however large the kernel is)."""
-        return np.load(self._file(leaf.name), mmap_mode="r").offset
+        """An open file and where the array's data start in it. Tiles are
+        written with `os.pwrite`, one contiguous run of each row at a time, so
+        that nothing is mapped and resident memory stays at a tile's size
+        however large the kernel is."""
+        offset = np.load(self._file(leaf.name), mmap_mode="r").offset
+        return os.open(self._file(leaf.name), os.O_RDWR), offset
 
     def _put(self, name, index, block) -> None:
         leaf = next(leaf for leaf in self.leaves if leaf.name == name)
+        fd, offset = self.arrays[name]
+        block = np.ascontiguousarray(block, leaf.dtype)
+        item = leaf.dtype.itemsize
+        row = math.prod(leaf.shape[1:]) * item  # bytes per row of the whole array
         rows = index[0]
-        row_shape = leaf.shape[1:]
-        band = np.memmap(
-            self._file(name),
-            dtype=leaf.dtype,
-            mode="r+",
-            offset=self.arrays[name]
-            + rows.start * leaf.dtype.itemsize * math.prod(row_shape),
-            shape=(rows.stop - rows.start, *row_shape),
-        )
-        band[(slice(None), *index[1:])] = np.asarray(block)
-        band.flush()
-        del band
+        if len(index) == 1:  # whole rows: one contiguous run
+            os.pwrite(fd, block.tobytes(), offset + rows.start * row)
+            return
+        cols = index[1]
+        per_col = math.prod(leaf.shape[2:]) * item
+        start = offset + rows.start * row + cols.start * per_col
+        for k in range(rows.stop - rows.start):
+            os.pwrite(fd, block[k].tobytes(), start + k * row)
 
     def is_done(self, i: int, j: int) -> bool:
         return bool(self.done[i, j])
 
     def _mark_done(self, i: int, j: int) -> None:
-        # The tile's data reached the files (flushed) before this record.
-        self.done[i, j] = True
+        self.pending.append((i, j))
+        if time.monotonic() - self.synced > SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        """Flushes the written tiles to disk, then records them as done: the
+        record never names a tile whose data could be lost (a killed process
+        or a crashed machine loses at most `SYNC_SECONDS` of tiles)."""
+        for fd, _ in self.arrays.values():
+            os.fsync(fd)
+        for i, j in self.pending:
+            self.done[i, j] = True
         self.done.flush()
+        self.pending.clear()
+        self.synced = time.monotonic()
+
+    def close(self) -> None:
+        self.sync()
+        for fd, _ in self.arrays.values():
+            os.close(fd)
+        self.arrays = {}
 
     def finished(self) -> bool:
         return all(self.is_done(i, j) for i, j in self.grid.tiles())
