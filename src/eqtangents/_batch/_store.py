@@ -168,9 +168,6 @@ class MemmapStore(Store):
             os.close(fd)
         self.arrays = {}
 
-    def finished(self) -> bool:
-        return all(self.is_done(i, j) for i, j in self.grid.tiles())
-
     def read_only(self) -> dict:
         return {
             leaf.name: np.load(self._file(leaf.name), mmap_mode="r")
