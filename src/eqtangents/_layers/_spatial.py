@@ -116,11 +116,36 @@ def check_fits(
 
 def wrap_axis(x: Array, axis: int, low: int, high: int) -> Array:
     """Circular padding of one axis: `low` entries from its end before it,
-    `high` from its start after it (repeating if they exceed its size)."""
+    `high` from its start after it (repeating if they exceed its size).
+
+    Built from contiguous slices (a gather would be far slower on CPUs)."""
     if low == 0 and high == 0:
         return x
-    index = np.arange(-low, x.shape[axis] + high) % x.shape[axis]
-    return jnp.take(x, index, axis=axis)
+    size = x.shape[axis]
+    index = np.arange(-low, size + high) % size
+    pieces, start = [], 0
+    for stop in range(1, len(index) + 1):  # runs of consecutive indices
+        if stop == len(index) or index[stop] != index[stop - 1] + 1:
+            first = int(index[start])
+            pieces.append(
+                jax.lax.slice_in_dim(x, first, first + stop - start, axis=axis)
+            )
+            start = stop
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=axis)
+
+
+def pad_axes(x: Array, axes: tuple[int, ...], low: int, high: int, padding: str):
+    """`x` with each of `axes` padded by zeros or circularly."""
+    if padding == "CIRCULAR":
+        for axis in axes:
+            x = wrap_axis(x, axis, low, high)
+        return x
+    if low == 0 and high == 0:
+        return x
+    config = [(0, 0, 0)] * x.ndim
+    for axis in axes:
+        config[axis] = (low, high, 0)
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def taps(
@@ -154,18 +179,22 @@ def shared_window_sum(
 
     $y[p_1, p_2, \ldots] = \sum_i x[s p_1 + i d - l,\ s p_2 + i d - l, \ldots]$,
     each axis padded as `padding` says (all `axes` have the same size). Each tap
-    is gathered straight from `x`, so no padded copy is materialised.
+    is a strided slice of the padded `x`, read in one fused pass.
     """
-    index, valid = taps(x.shape[axes[0]], window, stride, dilation, padding)
+    size = x.shape[axes[0]]
+    low, high = pad_amounts(size, window, stride, dilation, padding)
+    out = output_size(size, window, stride, dilation, padding)
+    # Materialised once: fused into every tap, the producers of `x` (and, layer
+    # after layer, theirs) would be recomputed for each of them.
+    x = jax.lax.optimization_barrier(pad_axes(x, axes, low, high, padding))
     total = None
     for i in range(window):
         term = x
         for axis in axes:
-            term = jnp.take(term, index[i], axis=axis)
-            if valid is not None and not valid[i].all():
-                shape = [1] * term.ndim
-                shape[axis] = index.shape[1]
-                term = jnp.where(valid[i].reshape(shape), term, 0)
+            start = i * dilation
+            term = jax.lax.slice_in_dim(
+                term, start, start + (out - 1) * stride + 1, stride, axis=axis
+            )
         total = term if total is None else total + term
     return total
 
