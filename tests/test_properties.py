@@ -109,7 +109,8 @@ def test_layout_fold_keeps_only_diagonals_before_flatten():
             for eqn in _equations(jaxpr.jaxpr)
             for v in eqn.outvars
         )
-    assert peak["flat"] == 2 * 2 * 6 * 6  # (N1, N2, H, W)
+    # (N1, N2, H, W), at most padded by the 3x3 SAME window to (H + 2, W + 2).
+    assert 2 * 2 * 6 * 6 <= peak["flat"] <= 2 * 2 * 8 * 8
     assert peak["pooled"] >= 2 * 2 * 6**4  # (N1, N2, H, H', W, W')
 
 
