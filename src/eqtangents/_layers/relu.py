@@ -20,11 +20,21 @@ def abrelu_duals(a, b, c12, v1, v2, derivative):
     """
     rho, prod = correlation(c12, v1, v2)
     scale = (b - a) ** 2 / (2 * jnp.pi)
-    nngp = a * b * c12 + scale * prod * arccos_dual(rho)
+    nngp = scale * prod * arccos_dual(rho)
+    if not _is_zero(a * b):
+        # Skipped when a b = 0 (ReLU): `0 * c12` would tie every layer's
+        # variance to the previous one through cheap operations, which XLA
+        # then recomputes inside each layer's (N1, N2) loop.
+        nngp = nngp + a * b * c12
     dot = None
     if derivative:
         dot = a * b + scale * (jnp.pi - safe_arccos(rho))
     return nngp, dot
+
+
+def _is_zero(value) -> bool:
+    """Whether `value` is a Python number equal to 0 (not a traced array)."""
+    return isinstance(value, (int, float)) and value == 0
 
 
 class ABRelu(AbstractActivation):
