@@ -555,3 +555,16 @@ def test_float32():
     for act, (nngp, dot) in zip(DISTINCT, jax.jit(run)()):
         assert nngp.dtype == jnp.float32 and dot.dtype == jnp.float32, _name(act)
         assert np.all(np.isfinite(nngp)) and np.all(np.isfinite(dot)), _name(act)
+
+
+def test_self_dual_is_the_dual_at_equal_arguments():
+    """`self_dual(v)` (closed forms for the ReLU family) equals `duals(v, v, v)`."""
+    v = jnp.asarray([0.0, 0.3, 1.0, 2.5], jnp.float64)
+    for act in DISTINCT:
+        np.testing.assert_allclose(
+            act.self_dual(v),
+            act.duals(v, v, v, False)[0],
+            rtol=1e-10,
+            atol=1e-12,
+            err_msg=_name(act),
+        )

@@ -33,6 +33,14 @@ class AbstractActivation(AbstractLayer):
     ) -> tuple[Array, Array | None]:
         r"""Returns $T(c_{12}, v_1, v_2)$ and, if `derivative`, $\dot T$."""
 
+    def self_dual(self, v: Array) -> Array:
+        r"""$T(v, v, v) = E[\phi(u)^2]$ for $u \sim N(0, v)$: the output variance.
+
+        By default `duals` at $c_{12} = v_1 = v_2 = v$; subclasses with a closed
+        form override it, which keeps the per-example variance chain short.
+        """
+        return self.duals(v, v, v, False)[0]
+
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         return self.fn(x)
 
@@ -46,7 +54,11 @@ class AbstractActivation(AbstractLayer):
         ntk = None if k.ntk is None else k.ntk * dot
 
         def cov(c):
-            return None if c is None else self.duals(c, *k.cov_variances(c), False)[0]
+            if c is None:
+                return None
+            if k.diagonal_spatial or k.n_spatial == 0:  # `c` holds variances
+                return self.self_dual(c)
+            return self.duals(c, *k.cov_variances(c), False)[0]
 
         return k.replace(
             nngp=nngp, ntk=ntk, cov1=cov(k.cov1), cov2=cov(k.cov2), is_gaussian=False

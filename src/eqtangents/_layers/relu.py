@@ -52,6 +52,9 @@ class ABRelu(AbstractActivation):
     def duals(self, c12, v1, v2, derivative):
         return abrelu_duals(self.a, self.b, c12, v1, v2, derivative)
 
+    def self_dual(self, v):
+        return (self.a**2 + self.b**2) / 2 * v
+
 
 class Relu(AbstractActivation):
     r"""$\phi(x) = \max(x, 0)$."""
@@ -61,6 +64,9 @@ class Relu(AbstractActivation):
 
     def duals(self, c12, v1, v2, derivative):
         return abrelu_duals(0.0, 1.0, c12, v1, v2, derivative)
+
+    def self_dual(self, v):
+        return v / 2
 
 
 class LeakyRelu(AbstractActivation):
@@ -77,6 +83,9 @@ class LeakyRelu(AbstractActivation):
     def duals(self, c12, v1, v2, derivative):
         return abrelu_duals(self.alpha, 1.0, c12, v1, v2, derivative)
 
+    def self_dual(self, v):
+        return (self.alpha**2 + 1) / 2 * v
+
 
 class Abs(AbstractActivation):
     r"""$\phi(x) = |x|$."""
@@ -86,3 +95,6 @@ class Abs(AbstractActivation):
 
     def duals(self, c12, v1, v2, derivative):
         return abrelu_duals(-1.0, 1.0, c12, v1, v2, derivative)
+
+    def self_dual(self, v):
+        return v
