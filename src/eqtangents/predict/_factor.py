@@ -37,6 +37,10 @@ class AbstractFactorization(eqx.Module):
     def solve(self, b: Float[Array, "p k"]) -> Float[Array, "p k"]:
         r"""$A^{-1} b$; raises (through `eqx.error_if`) when $A$ is singular."""
 
+    def quadratic_form(self, b: Float[Array, "p k"]) -> Float[Array, "k k"]:
+        r"""$b^\top A^{-1} b$."""
+        return b.T @ self.solve(b)
+
 
 class EighFactorization(AbstractFactorization):
     r"""Eigendecomposition $K = V \operatorname{diag}(e) V^\top$ of the kernel.
@@ -78,6 +82,12 @@ class EighFactorization(AbstractFactorization):
         v = self.check_invertible(v)
         return v @ ((v.T @ b) / lam[:, None])
 
+    def quadratic_form(self, b: Float[Array, "p k"]) -> Float[Array, "k k"]:
+        r"""$c^\top \operatorname{diag}(a)^{-1} c$ with $c = V^\top b$: one product
+        with $V$ instead of the two of `solve`."""
+        c = self.check_invertible(self.eigenvectors).T @ b
+        return c.T @ (c / self.regularized_eigenvalues[:, None])
+
 
 class CholeskyFactorization(AbstractFactorization):
     r"""Lower Cholesky factor $L L^\top = K + \lambda I$ (serves $t = \infty$ only).
@@ -93,6 +103,11 @@ class CholeskyFactorization(AbstractFactorization):
 
     def solve(self, b: Float[Array, "p k"]) -> Float[Array, "p k"]:
         return jsp.linalg.cho_solve((self.lower, True), b)
+
+    def quadratic_form(self, b: Float[Array, "p k"]) -> Float[Array, "k k"]:
+        r"""$w^\top w$ with $w = L^{-1} b$: one triangular solve instead of two."""
+        w = jsp.linalg.solve_triangular(self.lower, b, lower=True)
+        return w.T @ w
 
 
 class IterativeFactorization(AbstractFactorization):

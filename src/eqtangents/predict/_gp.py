@@ -57,8 +57,8 @@ def posterior_covariance(
       - \Theta_{*} A^{-1} \mathcal{K}_{*}^\top - \mathcal{K}_{*} A^{-1}
       \Theta_{*}^\top.$$
     """
-    if g in ("nngp", "ntkgp"):
-        return k_tt_init - k_td @ factorization.solve(k_td_init.T)
+    if g in ("nngp", "ntkgp"):  # here k_td and k_td_init are one kernel
+        return k_tt_init - factorization.quadratic_form(k_td_init.T)
     term = factorization.solve(k_td.T)  # A^{-1} Theta_*^T, (p, m)
     cross = term.T @ k_td_init.T
     return k_tt_init + term.T @ (nngp_dd @ term) - cross - cross.T
