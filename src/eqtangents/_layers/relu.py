@@ -32,6 +32,11 @@ def abrelu_duals(a, b, c12, v1, v2, derivative):
     return nngp, dot
 
 
+def abrelu_self_dual(a, b, v):
+    r"""$E[\phi(u)^2] = \frac{a^2 + b^2}{2} v$ for $u \sim N(0, v)$."""
+    return (a**2 + b**2) / 2 * v
+
+
 def _is_zero(value) -> bool:
     """Whether `value` is a Python number equal to 0 (not a traced array)."""
     return isinstance(value, (int, float)) and value == 0
@@ -53,7 +58,7 @@ class ABRelu(AbstractActivation):
         return abrelu_duals(self.a, self.b, c12, v1, v2, derivative)
 
     def self_dual(self, v):
-        return (self.a**2 + self.b**2) / 2 * v
+        return abrelu_self_dual(self.a, self.b, v)
 
 
 class Relu(AbstractActivation):
@@ -66,7 +71,7 @@ class Relu(AbstractActivation):
         return abrelu_duals(0.0, 1.0, c12, v1, v2, derivative)
 
     def self_dual(self, v):
-        return v / 2
+        return abrelu_self_dual(0.0, 1.0, v)
 
 
 class LeakyRelu(AbstractActivation):
@@ -84,7 +89,7 @@ class LeakyRelu(AbstractActivation):
         return abrelu_duals(self.alpha, 1.0, c12, v1, v2, derivative)
 
     def self_dual(self, v):
-        return (self.alpha**2 + 1) / 2 * v
+        return abrelu_self_dual(self.alpha, 1.0, v)
 
 
 class Abs(AbstractActivation):
@@ -97,4 +102,4 @@ class Abs(AbstractActivation):
         return abrelu_duals(-1.0, 1.0, c12, v1, v2, derivative)
 
     def self_dual(self, v):
-        return v
+        return abrelu_self_dual(-1.0, 1.0, v)
