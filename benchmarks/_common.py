@@ -19,14 +19,37 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_calls(run, repeats: int) -> dict:
+def save_outputs(path: str, outputs) -> None:
+    """Writes the arrays of `outputs` (a pytree of namedtuples or one array) to
+    the `.npz` file `path`, each under its field path (`"nngp"`, `"ntk.mean"`),
+    so two libraries' results can be compared entry by entry."""
+    import jax
+    import numpy as np
+
+    leaves, _ = jax.tree_util.tree_flatten_with_path(outputs)
+
+    def part(key):  # a namedtuple field, a dict key or a tuple index
+        return str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", key))))
+
+    arrays = {}
+    for keys, leaf in leaves:
+        name = ".".join(part(key) for key in keys)
+        arrays[name or "output"] = np.asarray(leaf)
+    np.savez(path, **arrays)
+
+
+def time_calls(run, repeats: int, save: str | None = None) -> dict:
     """`first_call_seconds` (compilation included) and `seconds` (steady state,
-    the best of `repeats` further calls) of `run()`, and the peak memory."""
+    the best of `repeats` further calls) of `run()`, and the peak memory. With
+    `save`, the first call's outputs go to that `.npz` file."""
     import jax
 
     start = time.perf_counter()
-    jax.block_until_ready(run())
+    outputs = jax.block_until_ready(run())
     first = time.perf_counter() - start
+    if save:
+        save_outputs(save, outputs)
+    del outputs
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

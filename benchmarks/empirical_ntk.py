@@ -15,7 +15,9 @@ Each measurement runs in a fresh process so that its peak memory (the device's
 peak bytes in use where JAX reports it, the process's peak resident memory on
 CPU) is its own. `--library nt` runs the same workloads with Neural Tangents
 0.6.5 (channels last), in an environment with `neural-tangents==0.6.5` and
-`jax==0.4.23`.
+`jax==0.4.23`. Both libraries use the same weights, drawn once with NumPy;
+`--save-outputs DIR` writes each NTK to `DIR/WORKLOAD-IMPLEMENTATION-LIBRARY.npz`
+(`compare.py` checks the two libraries agree).
 
     python benchmarks/empirical_ntk.py [--library nt] [--workload empirical_fc]
 """
@@ -44,12 +46,24 @@ WORKLOADS = ("empirical_fc", "empirical_cnn")
 
 
 def _inputs(workload):
-    import jax
+    import numpy as np
 
-    key = jax.random.PRNGKey(0)
+    rng = np.random.default_rng(0)
+    shape = (128, 784) if workload == "empirical_fc" else (32, 3, 16, 16)
+    return rng.normal(size=shape).astype(np.float32)
+
+
+def _weights(workload):
+    """Standard-normal weights in NT's layouts (Dense `(in, out)`, Conv HWIO),
+    drawn once so that both libraries compute the NTK of the same network."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
     if workload == "empirical_fc":
-        return jax.random.normal(key, (128, 784), dtype="float32")
-    return jax.random.normal(key, (32, 3, 16, 16), dtype="float32")
+        shapes = [(784, 512), (512, 512), (512, 10)]
+    else:
+        shapes = [(3, 3, 3, 32), (3, 3, 32, 32), (16 * 16 * 32, 10)]
+    return [rng.normal(size=shape).astype(np.float32) for shape in shapes]
 
 
 def _eqtangents(workload, implementation):
@@ -58,7 +72,7 @@ def _eqtangents(workload, implementation):
 
     import eqtangents as et
 
-    x = _inputs(workload)
+    x = jax.numpy.asarray(_inputs(workload))
     if workload == "empirical_fc":
         model = et.Serial(
             et.Dense(512), et.Relu(), et.Dense(512), et.Relu(), et.Dense(10)
@@ -73,6 +87,18 @@ def _eqtangents(workload, implementation):
             et.Dense(10),
         )
     net = model.init(jax.random.PRNGKey(1), x.shape[1:])
+    weights = _weights(workload)
+    if workload == "empirical_fc":
+        weights = [w.T for w in weights]
+    else:  # HWIO -> OIHW, and NT flattens (H, W, C) where eqtangents does (C, H, W)
+        head = weights[2].reshape(16, 16, 32, 10).transpose(3, 2, 0, 1)
+        weights = [w.transpose(3, 2, 0, 1) for w in weights[:2]]
+        weights.append(head.reshape(10, -1))
+    net = eqx.tree_at(
+        lambda net: [layer.weight for layer in net.layers if hasattr(layer, "weight")],
+        net,
+        [jax.numpy.asarray(w) for w in weights],
+    )
 
     @eqx.filter_jit
     def ntk(net, x):
@@ -104,6 +130,8 @@ def _neural_tangents(workload, implementation):
             stax.Dense(10),
         )
     _, params = init_fn(jax.random.PRNGKey(1), x.shape)
+    weights = iter(_weights(workload))
+    params = [(next(weights), None) if p else p for p in params]
     ntk_fn = jax.jit(
         nt.empirical_ntk_fn(
             apply_fn,
@@ -112,13 +140,15 @@ def _neural_tangents(workload, implementation):
             implementation=NT_CODES[implementation],
         )
     )
+    x = jax.numpy.asarray(x)
     return lambda: ntk_fn(x, None, params)
 
 
-def measure(library, workload, implementation, repeats):
+def measure(library, workload, implementation, repeats, save_dir=None):
     make = _eqtangents if library == "eqtangents" else _neural_tangents
     row = {"workload": workload, "library": library, "implementation": implementation}
-    return {**row, **time_calls(make(workload, implementation), repeats)}
+    save = save_dir and f"{save_dir}/{workload}-{implementation}-{library}.npz"
+    return {**row, **time_calls(make(workload, implementation), repeats, save)}
 
 
 def main():
@@ -129,6 +159,7 @@ def main():
         "--implementation", choices=IMPLEMENTATIONS + ("all",), default="all"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save-outputs", metavar="DIR", help="write the NTKs there")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     workloads = WORKLOADS if args.workload == "all" else (args.workload,)
@@ -137,7 +168,10 @@ def main():
     )
     if args.in_process:
         (workload,), (implementation,) = workloads, implementations
-        print(json.dumps(measure(args.library, workload, implementation, args.repeats)))
+        row = measure(
+            args.library, workload, implementation, args.repeats, args.save_outputs
+        )
+        print(json.dumps(row))
         return
     for workload in workloads:
         for implementation in implementations:
@@ -150,6 +184,8 @@ def main():
                 f"--implementation={implementation}",
                 f"--repeats={args.repeats}",
             ]
+            if args.save_outputs:
+                command.append(f"--save-outputs={args.save_outputs}")
             labels = {
                 "workload": workload,
                 "library": args.library,

@@ -24,7 +24,9 @@ Each workload runs in a fresh process so that its peak memory (the device's
 peak bytes in use where JAX reports it, else the process's peak resident
 memory) is its own. `--library nt` runs the same workloads with Neural
 Tangents 0.6.5 (channels last) in an environment with `neural-tangents==0.6.5`
-and `jax==0.4.23`; `--quick` shrinks every batch for a smoke test.
+and `jax==0.4.23`; `--quick` shrinks every batch for a smoke test;
+`--save-outputs DIR` writes each workload's kernels to
+`DIR/WORKLOAD-LIBRARY.npz` (`compare.py` checks the two libraries agree).
 
     python benchmarks/kernels.py [--library nt] [--workload fc] [--quick]
 """
@@ -116,10 +118,11 @@ def _neural_tangents(workload, quick):
     return lambda: kernel_fn(x, None, get=("nngp", "ntk"))
 
 
-def measure(library, workload, repeats, quick):
+def measure(library, workload, repeats, quick, save_dir=None):
     make = _eqtangents if library == "eqtangents" else _neural_tangents
     row = {"workload": workload, "library": library}
-    return {**row, **time_calls(make(workload, quick), repeats)}
+    save = save_dir and f"{save_dir}/{workload}-{library}.npz"
+    return {**row, **time_calls(make(workload, quick), repeats, save)}
 
 
 def main():
@@ -128,10 +131,13 @@ def main():
     parser.add_argument("--workload", choices=WORKLOADS + ("all",), default="all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--save-outputs", metavar="DIR", help="write the kernels there")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_process:
-        row = measure(args.library, args.workload, args.repeats, args.quick)
+        row = measure(
+            args.library, args.workload, args.repeats, args.quick, args.save_outputs
+        )
         print(json.dumps(row))
         return
     for workload in WORKLOADS if args.workload == "all" else (args.workload,):
@@ -143,6 +149,8 @@ def main():
             f"--workload={workload}",
             f"--repeats={args.repeats}",
         ] + (["--quick"] if args.quick else [])
+        if args.save_outputs:
+            command.append(f"--save-outputs={args.save_outputs}")
         run_fresh(command, {"workload": workload, "library": args.library})
 
 

@@ -20,7 +20,9 @@ cached inside the closure, so reusing one would time nothing).
 
 The measurement runs in a fresh process, so that its peak memory (the device's
 peak bytes in use where JAX reports it, else the process's peak resident memory)
-is its own.
+is its own. `--save-outputs DIR` writes the predictions and the train-train and
+test-train kernels to `DIR/predict_mse-LIBRARY.npz` (`compare.py` checks the
+two libraries agree).
 
     python benchmarks/predict_mse.py [--library nt] [--repeats 3]
 """
@@ -31,7 +33,7 @@ import argparse
 import json
 import sys
 
-from _common import run_fresh, time_calls
+from _common import run_fresh, save_outputs, time_calls
 
 N_TRAIN, N_TEST, DIM, WIDTH, DEPTH = 4000, 1000, 64, 512, 3
 W_STD, B_STD, DIAG_REG = 1.5, 0.05, 1e-4
@@ -65,7 +67,8 @@ def _eqtangents():
         )
         return predictor(None, x_test, None, compute_cov=True)
 
-    return lambda: run(model, x_train, y_train, x_test)
+    kernel_fn = eqx.filter_jit(model.kernel)
+    return lambda: run(model, x_train, y_train, x_test), kernel_fn
 
 
 def _neural_tangents():
@@ -86,23 +89,35 @@ def _neural_tangents():
         )
         return predict_fn(t=None, x_test=x_test, get=None, compute_cov=True)
 
-    return run
+    return run, kernel_fn
 
 
-def measure(library: str, repeats: int) -> dict:
-    run = _eqtangents() if library == "eqtangents" else _neural_tangents()
-    row = {"workload": "predict_mse", "library": library}
-    return {**row, **time_calls(run, repeats)}
+def measure(library: str, repeats: int, save_dir: str | None = None) -> dict:
+    run, kernel_fn = _eqtangents() if library == "eqtangents" else _neural_tangents()
+    row = {"workload": "predict_mse", "library": library, **time_calls(run, repeats)}
+    if save_dir:  # after the timing, so the peak memory is the workload's own
+        x_train, _, x_test = _data()
+        get = ("nngp", "ntk")
+        outputs = {
+            "prediction": run(),
+            "train_train": kernel_fn(x_train, None, get=get),
+            "test_train": kernel_fn(x_test, x_train, get=get),
+        }
+        save_outputs(f"{save_dir}/predict_mse-{library}.npz", outputs)
+    return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--library", choices=("eqtangents", "nt"), default="eqtangents")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--save-outputs", metavar="DIR", help="write predictions and kernels there"
+    )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_process:
-        print(json.dumps(measure(args.library, args.repeats)))
+        print(json.dumps(measure(args.library, args.repeats, args.save_outputs)))
         return
     command = [
         sys.executable,
@@ -111,6 +126,8 @@ def main():
         f"--library={args.library}",
         f"--repeats={args.repeats}",
     ]
+    if args.save_outputs:
+        command.append(f"--save-outputs={args.save_outputs}")
     run_fresh(command, {"workload": "predict_mse", "library": args.library})
 
 
