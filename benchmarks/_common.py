@@ -19,6 +19,22 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def float_type():
+    """NumPy's float64 when JAX runs in 64 bits (`--x64`, for a reference
+    result), else float32, the type every workload is timed in."""
+    import jax
+    import numpy as np
+
+    return np.float64 if jax.config.jax_enable_x64 else np.float32
+
+
+def use_x64() -> None:
+    """Switches JAX to 64 bits (before any array is made)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
 def save_outputs(path: str, outputs) -> None:
     """Writes the arrays of `outputs` (a pytree of namedtuples or one array) to
     the `.npz` file `path`, each under its field path (`"nngp"`, `"ntk.mean"`),
@@ -40,8 +56,9 @@ def save_outputs(path: str, outputs) -> None:
 
 def time_calls(run, repeats: int, save: str | None = None) -> dict:
     """`first_call_seconds` (compilation included) and `seconds` (steady state,
-    the best of `repeats` further calls) of `run()`, and the peak memory. With
-    `save`, the first call's outputs go to that `.npz` file."""
+    the best of `repeats` further calls; None if `repeats=0`) of `run()`, and
+    the peak memory. With `save`, the first call's outputs go to that `.npz`
+    file."""
     import jax
 
     start = time.perf_counter()
@@ -56,7 +73,7 @@ def time_calls(run, repeats: int, save: str | None = None) -> dict:
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
     return {
-        "seconds": min(times),
+        "seconds": min(times) if times else None,
         "first_call_seconds": first,
         "peak_memory_mb": peak_memory_mb(),
     }

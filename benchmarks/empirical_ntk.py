@@ -28,7 +28,7 @@ import argparse
 import json
 import sys
 
-from _common import run_fresh, time_calls
+from _common import float_type, run_fresh, time_calls, use_x64
 
 IMPLEMENTATIONS = (
     "jacobian_contraction",
@@ -50,7 +50,7 @@ def _inputs(workload):
 
     rng = np.random.default_rng(0)
     shape = (128, 784) if workload == "empirical_fc" else (32, 3, 16, 16)
-    return rng.normal(size=shape).astype(np.float32)
+    return rng.normal(size=shape).astype(float_type())
 
 
 def _weights(workload):
@@ -63,7 +63,7 @@ def _weights(workload):
         shapes = [(784, 512), (512, 512), (512, 10)]
     else:
         shapes = [(3, 3, 3, 32), (3, 3, 32, 32), (16 * 16 * 32, 10)]
-    return [rng.normal(size=shape).astype(np.float32) for shape in shapes]
+    return [rng.normal(size=shape).astype(float_type()) for shape in shapes]
 
 
 def _eqtangents(workload, implementation):
@@ -160,8 +160,13 @@ def main():
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--save-outputs", metavar="DIR", help="write the NTKs there")
+    parser.add_argument(
+        "--x64", action="store_true", help="in float64 (a reference result)"
+    )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.x64:
+        use_x64()
     workloads = WORKLOADS if args.workload == "all" else (args.workload,)
     implementations = (
         IMPLEMENTATIONS if args.implementation == "all" else (args.implementation,)
@@ -183,7 +188,7 @@ def main():
                 f"--workload={workload}",
                 f"--implementation={implementation}",
                 f"--repeats={args.repeats}",
-            ]
+            ] + (["--x64"] if args.x64 else [])
             if args.save_outputs:
                 command.append(f"--save-outputs={args.save_outputs}")
             labels = {

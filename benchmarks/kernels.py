@@ -37,7 +37,7 @@ import argparse
 import json
 import sys
 
-from _common import run_fresh, time_calls
+from _common import float_type, run_fresh, time_calls, use_x64
 
 WORKLOADS = ("fc", "cnn_flatten", "cnn_pool", "myrtle5", "deep_compile")
 BATCH = {"fc": 2048, "cnn_flatten": 64, "cnn_pool": 8, "myrtle5": 4, "deep_compile": 8}
@@ -55,7 +55,7 @@ def _inputs(workload, quick):
 
     n = 2 if quick else BATCH[workload]
     rng = np.random.default_rng(0)
-    return rng.normal(size=(n,) + SHAPE[workload]).astype(np.float32)
+    return rng.normal(size=(n,) + SHAPE[workload]).astype(float_type())
 
 
 def _layers(lib, workload):
@@ -132,8 +132,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--save-outputs", metavar="DIR", help="write the kernels there")
+    parser.add_argument(
+        "--x64", action="store_true", help="in float64 (a reference result)"
+    )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.x64:
+        use_x64()
     if args.in_process:
         row = measure(
             args.library, args.workload, args.repeats, args.quick, args.save_outputs
@@ -141,14 +146,18 @@ def main():
         print(json.dumps(row))
         return
     for workload in WORKLOADS if args.workload == "all" else (args.workload,):
-        command = [
-            sys.executable,
-            __file__,
-            "--in-process",
-            f"--library={args.library}",
-            f"--workload={workload}",
-            f"--repeats={args.repeats}",
-        ] + (["--quick"] if args.quick else [])
+        command = (
+            [
+                sys.executable,
+                __file__,
+                "--in-process",
+                f"--library={args.library}",
+                f"--workload={workload}",
+                f"--repeats={args.repeats}",
+            ]
+            + (["--quick"] if args.quick else [])
+            + (["--x64"] if args.x64 else [])
+        )
         if args.save_outputs:
             command.append(f"--save-outputs={args.save_outputs}")
         run_fresh(command, {"workload": workload, "library": args.library})

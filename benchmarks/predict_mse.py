@@ -33,7 +33,7 @@ import argparse
 import json
 import sys
 
-from _common import run_fresh, save_outputs, time_calls
+from _common import float_type, run_fresh, save_outputs, time_calls, use_x64
 
 N_TRAIN, N_TEST, DIM, WIDTH, DEPTH = 4000, 1000, 64, 512, 3
 W_STD, B_STD, DIAG_REG = 1.5, 0.05, 1e-4
@@ -43,9 +43,9 @@ def _data():
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x_train = rng.normal(size=(N_TRAIN, DIM)).astype(np.float32)
-    x_test = rng.normal(size=(N_TEST, DIM)).astype(np.float32)
-    y_train = np.sin(x_train[:, :1]).astype(np.float32)
+    x_train = rng.normal(size=(N_TRAIN, DIM)).astype(float_type())
+    x_test = rng.normal(size=(N_TEST, DIM)).astype(float_type())
+    y_train = np.sin(x_train[:, :1]).astype(float_type())
     return x_train, y_train, x_test
 
 
@@ -114,8 +114,13 @@ def main():
     parser.add_argument(
         "--save-outputs", metavar="DIR", help="write predictions and kernels there"
     )
+    parser.add_argument(
+        "--x64", action="store_true", help="in float64 (a reference result)"
+    )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.x64:
+        use_x64()
     if args.in_process:
         print(json.dumps(measure(args.library, args.repeats, args.save_outputs)))
         return
@@ -125,7 +130,7 @@ def main():
         "--in-process",
         f"--library={args.library}",
         f"--repeats={args.repeats}",
-    ]
+    ] + (["--x64"] if args.x64 else [])
     if args.save_outputs:
         command.append(f"--save-outputs={args.save_outputs}")
     run_fresh(command, {"workload": "predict_mse", "library": args.library})
