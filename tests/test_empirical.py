@@ -618,6 +618,37 @@ def test_dropout_key_and_call_kwargs():
         assert_close(ntk, expected)
 
 
+def test_ntk_vector_products_in_several_passes(monkeypatch):
+    """With room for one tangent at a time the columns are computed by a loop
+    (`lax.map`) instead of one `vmap`; the kernel is the same."""
+    monkeypatch.setattr("eqtangents._jacobian._NVP_BYTES", 1)
+    build, shape = MODELS["cnn_pooling"]
+    model = build()
+    x1, x2 = inputs(shape)
+    _, ntk_full = reference(model, x1, x2, trace=())
+    _, ntk_diag = reference(model, x1, None, trace=(), diagonal=(0,))
+    ntks = jitted(
+        lambda m, a, b: (
+            et.empirical_ntk(
+                m, a, b, trace_axes=(), implementation="ntk_vector_products"
+            ),
+            et.empirical_ntk(
+                m,
+                a,
+                None,
+                trace_axes=(),
+                diagonal_axes=(0,),
+                implementation="ntk_vector_products",
+            ),
+        ),
+        model,
+        x1,
+        x2,
+    )
+    assert_close(ntks[0], ntk_full)
+    assert_close(ntks[1], ntk_diag)
+
+
 def test_ntk_vector_products():
     model = branches()
     x1, x2 = inputs((5,))
