@@ -135,6 +135,27 @@ def test_repeat_equals_serial_and_compiles_in_constant_size():
     assert size(10) == size(200)
 
 
+def test_repeat_on_the_inputs_runs_the_block_once_in_the_scan():
+    """When the block keeps the input's shapes, its first application is the
+    scan's first trip: one copy of the block in the program, not two."""
+    x1, x2 = _inputs()  # (N, 7)
+    block = et.Serial(et.Dense(7, W_std=1.5, b_std=0.2), et.Relu())
+    repeated = et.Serial(et.Repeat(block, 5), et.Dense(1))
+    peeled = et.Serial(block, et.Repeat(block, 4), et.Dense(1))
+    written = et.Serial(*([block] * 5), et.Dense(1))
+    a, b = repeated.kernel(x1, x2), written.kernel(x1, x2)
+    np.testing.assert_allclose(a.nngp, b.nngp, rtol=1e-12)
+    np.testing.assert_allclose(a.ntk, b.ntk, rtol=1e-12)
+
+    def size(model):  # lines of the lowered program, nested calls included
+        lowered = jax.jit(lambda x: model.kernel(x, None)).lower(x1)
+        return lowered.as_text().count("\n")
+
+    assert size(repeated) < 0.8 * size(peeled)
+    with pytest.raises(ValueError, match="Dropout cannot act on the network's inputs"):
+        et.Serial(et.Repeat(et.Dropout(0.5), 3)).kernel(x1, x2)
+
+
 def test_repeat_forward_uses_independent_weights():
     block = et.Serial(et.Dense(8), et.Relu())
     net = et.Repeat(block, 3).init(jax.random.PRNGKey(0), (8,))

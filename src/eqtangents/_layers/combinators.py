@@ -326,25 +326,42 @@ class Repeat(AbstractLayer):
     def propagate(self, k):
         if self.n == 0:
             return k
-        k = propagate(self.layer, k)
-        if self.n == 1:
+
+        def shapes(k):
+            return eqx.filter_eval_shape(lambda k: propagate(self.layer, k), k)
+
+        out = shapes(k)  # raises, with the layer's message, where k is bad input
+        if (
+            isinstance(k, Kernel)
+            and k.is_input
+            and _same_layout(k.replace(is_input=False), out)
+        ):
+            # `is_input` only selects error messages, so the first application
+            # can be the scan's first trip: the block compiles once, not twice.
+            k, trips = k.replace(is_input=False), self.n
+        else:
+            k, trips = propagate(self.layer, k), self.n - 1
+        if trips == 0:
             return k
-        dynamic, static = eqx.partition(k, eqx.is_array)
-        out = eqx.filter_eval_shape(lambda k: propagate(self.layer, k), k)
-        same = jax.tree.structure(out) == jax.tree.structure(k) and all(
-            (a.shape, a.dtype) == (b.shape, b.dtype)
-            for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(k))
-        )
-        if not same:
+        if not _same_layout(shapes(k), k):
             raise ValueError(
                 "Repeat: the repeated layer changes the kernel's layout or shapes "
                 "from one application to the next; write the layers out in Serial."
             )
+        dynamic, static = eqx.partition(k, eqx.is_array)
 
         def body(carry, _):
             return eqx.partition(
                 propagate(self.layer, eqx.combine(carry, static)), eqx.is_array
             )[0], None
 
-        dynamic, _ = jax.lax.scan(body, dynamic, None, length=self.n - 1)
+        dynamic, _ = jax.lax.scan(body, dynamic, None, length=trips)
         return eqx.combine(dynamic, static)
+
+
+def _same_layout(a, b) -> bool:
+    """Whether two kernels (or their shapes) have one structure, shapes, dtypes."""
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        (x.shape, x.dtype) == (y.shape, y.dtype)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
