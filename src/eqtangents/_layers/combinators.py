@@ -330,24 +330,25 @@ class Repeat(AbstractLayer):
         def shapes(k):
             return eqx.filter_eval_shape(lambda k: propagate(self.layer, k), k)
 
-        out = shapes(k)  # raises, with the layer's message, where k is bad input
+        # `is_input` only selects error messages (`shapes(k)` raises those), so
+        # when the block keeps the input's layout its first application can be
+        # the scan's first trip: the block compiles once, not twice.
         if (
             isinstance(k, Kernel)
             and k.is_input
-            and _same_layout(k.replace(is_input=False), out)
+            and _same_layout(k.replace(is_input=False), shapes(k))
         ):
-            # `is_input` only selects error messages, so the first application
-            # can be the scan's first trip: the block compiles once, not twice.
             k, trips = k.replace(is_input=False), self.n
         else:
             k, trips = propagate(self.layer, k), self.n - 1
-        if trips == 0:
-            return k
-        if not _same_layout(shapes(k), k):
-            raise ValueError(
-                "Repeat: the repeated layer changes the kernel's layout or shapes "
-                "from one application to the next; write the layers out in Serial."
-            )
+            if trips == 0:
+                return k
+            if not _same_layout(shapes(k), k):
+                raise ValueError(
+                    "Repeat: the repeated layer changes the kernel's layout or "
+                    "shapes from one application to the next; write the layers out "
+                    "in Serial."
+                )
         dynamic, static = eqx.partition(k, eqx.is_array)
 
         def body(carry, _):
