@@ -7,6 +7,8 @@ import resource
 import subprocess
 import time
 
+MIN_SECONDS, MAX_CALLS = 2.0, 100  # short workloads: the best of many calls
+
 
 def peak_memory_mb() -> float:
     """The device's peak bytes in use where JAX reports them, else the
@@ -56,9 +58,10 @@ def save_outputs(path: str, outputs) -> None:
 
 def time_calls(run, repeats: int, save: str | None = None) -> dict:
     """`first_call_seconds` (compilation included) and `seconds` (steady state,
-    the best of `repeats` further calls; None if `repeats=0`) of `run()`, and
-    the peak memory. With `save`, the first call's outputs go to that `.npz`
-    file."""
+    the best of at least `repeats` further calls, and of as many as fit in
+    `MIN_SECONDS` for short ones, at most `MAX_CALLS`; None if `repeats=0`) of
+    `run()`, and the peak memory. With `save`, the first call's outputs go to
+    that `.npz` file."""
     import jax
 
     start = time.perf_counter()
@@ -68,7 +71,9 @@ def time_calls(run, repeats: int, save: str | None = None) -> dict:
         save_outputs(save, outputs)
     del outputs
     times = []
-    for _ in range(repeats):
+    while repeats and (
+        len(times) < repeats or (sum(times) < MIN_SECONDS and len(times) < MAX_CALLS)
+    ):
         start = time.perf_counter()
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)

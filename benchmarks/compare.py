@@ -91,27 +91,25 @@ def _timing_table(ours: dict, theirs: dict) -> None:
     print("(eqtangents / Neural Tangents 0.6.5; lower is better)")
 
 
-def _agreement_table(keys, save_dir: Path, rtol: float) -> None:
+def _agreement_table(save_dir: Path, rtol: float) -> None:
     columns = ("ours32 - NT32", "ours32 - NT64", "NT32 - NT64", "")
-    header = f"{'workload':<40}" + "".join(f"{c:>16}" for c in columns)
+    header = f"{'outputs':<40}" + "".join(f"{c:>16}" for c in columns)
     print("\n" + header + "\n" + "-" * len(header))
-    for key in keys:
-        stem = "-".join(part for part in key if part)
-        ours = save_dir / f"{stem}-eqtangents.npz"
+    for ours in sorted(save_dir.glob("*-eqtangents.npz")):
+        stem = ours.name.removesuffix("-eqtangents.npz")
         nt32, nt64 = save_dir / f"{stem}-nt.npz", save_dir / "x64" / f"{stem}-nt.npz"
-        gaps = [
-            _difference(ours, nt32),
-            _difference(ours, nt64),
-            _difference(nt32, nt64),
-        ]
+        pairs = ((ours, nt32), (ours, nt64), (nt32, nt64))
+        gaps = [_difference(a, b) for a, b in pairs]
         cells = [f"{'n/a':>16}" if g is None else f"{g:>16.1e}" for g in gaps]
         if gaps[0] is not None and gaps[0] <= rtol:
             verdict = "equal to NT"
         elif gaps[1] is not None and gaps[1] <= rtol:
             verdict = "equal to NT's float64"
+        elif None not in gaps[1:] and gaps[1] <= gaps[2]:
+            verdict = "closer to NT's float64 than NT"
         else:
             verdict = "DIFFERS"
-        print(f"{_name(key):<40}" + "".join(cells) + f"  {verdict}")
+        print(f"{stem.replace('-', '/'):<40}" + "".join(cells) + f"  {verdict}")
     print(
         "(largest |a - b| over all outputs, relative to the largest |b| of each; "
         f"equal: at most {rtol:g}. 32/64: float32/float64)"
@@ -139,7 +137,7 @@ def main():
             theirs[_key(row)] = row
         _run(args.nt_python, script, "nt", 0, save_dir / "x64", ["--x64"])
     _timing_table(ours, theirs)
-    _agreement_table(ours, save_dir, args.rtol)
+    _agreement_table(save_dir, args.rtol)
 
 
 if __name__ == "__main__":

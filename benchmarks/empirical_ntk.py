@@ -66,7 +66,8 @@ def _weights(workload):
     return [rng.normal(size=shape).astype(float_type()) for shape in shapes]
 
 
-def _eqtangents(workload, implementation):
+def network(workload):
+    """The workload's eqtangents network, with the shared weights, and inputs."""
     import equinox as eqx
     import jax
 
@@ -99,6 +100,15 @@ def _eqtangents(workload, implementation):
         net,
         [jax.numpy.asarray(w) for w in weights],
     )
+    return net, x
+
+
+def _eqtangents(workload, implementation):
+    import equinox as eqx
+
+    import eqtangents as et
+
+    net, x = network(workload)
 
     @eqx.filter_jit
     def ntk(net, x):

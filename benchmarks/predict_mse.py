@@ -20,9 +20,10 @@ cached inside the closure, so reusing one would time nothing).
 
 The measurement runs in a fresh process, so that its peak memory (the device's
 peak bytes in use where JAX reports it, else the process's peak resident memory)
-is its own. `--save-outputs DIR` writes the predictions and the train-train and
-test-train kernels to `DIR/predict_mse-LIBRARY.npz` (`compare.py` checks the
-two libraries agree).
+is its own. `--save-outputs DIR` writes the predictions to `DIR/predict_mse-LIBRARY.npz`
+and the train-train and test-train kernels to
+`DIR/predict_mse.kernels-LIBRARY.npz` (`compare.py` checks the two libraries
+agree).
 
     python benchmarks/predict_mse.py [--library nt] [--repeats 3]
 """
@@ -49,24 +50,32 @@ def _data():
     return x_train, y_train, x_test
 
 
-def _eqtangents():
-    import equinox as eqx
-
+def problem():
+    """The eqtangents network and the data: `predict`'s arguments."""
     import eqtangents as et
 
     layers = []
     for _ in range(DEPTH):
         layers += [et.Dense(WIDTH, W_std=W_STD, b_std=B_STD), et.Relu()]
     model = et.Serial(*layers, et.Dense(1, W_std=W_STD, b_std=B_STD))
-    x_train, y_train, x_test = _data()
+    return (model, *_data())
 
-    @eqx.filter_jit
-    def run(model, x_train, y_train, x_test):
-        predictor = et.predict.gradient_descent_mse_ensemble(
-            model.kernel, x_train, y_train, diag_reg=DIAG_REG, solver="cholesky"
-        )
-        return predictor(None, x_test, None, compute_cov=True)
 
+def predict(model, x_train, y_train, x_test):
+    """The timed computation: kernels, factorizations and the prediction."""
+    import eqtangents as et
+
+    predictor = et.predict.gradient_descent_mse_ensemble(
+        model.kernel, x_train, y_train, diag_reg=DIAG_REG, solver="cholesky"
+    )
+    return predictor(None, x_test, None, compute_cov=True)
+
+
+def _eqtangents():
+    import equinox as eqx
+
+    model, x_train, y_train, x_test = problem()
+    run = eqx.filter_jit(predict)
     kernel_fn = eqx.filter_jit(model.kernel)
     return lambda: run(model, x_train, y_train, x_test), kernel_fn
 
@@ -98,12 +107,12 @@ def measure(library: str, repeats: int, save_dir: str | None = None) -> dict:
     if save_dir:  # after the timing, so the peak memory is the workload's own
         x_train, _, x_test = _data()
         get = ("nngp", "ntk")
-        outputs = {
-            "prediction": run(),
+        save_outputs(f"{save_dir}/predict_mse-{library}.npz", run())
+        kernels = {
             "train_train": kernel_fn(x_train, None, get=get),
             "test_train": kernel_fn(x_test, x_train, get=get),
         }
-        save_outputs(f"{save_dir}/predict_mse-{library}.npz", outputs)
+        save_outputs(f"{save_dir}/predict_mse.kernels-{library}.npz", kernels)
     return row
 
 
