@@ -1,6 +1,7 @@
 """eqtangents: infinitely wide neural networks on JAX and Equinox."""
 
 from . import features as features
+from . import plot as plot
 from . import predict as predict
 from ._batch import batch as batch
 from ._empirical import empirical_kernel as empirical_kernel
