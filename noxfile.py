@@ -1,10 +1,11 @@
-"""Sessions: `nox -s tests`, `nox -s lint`, `nox -s slow`, `nox -s compare`."""
+"""Sessions: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s slow`,
+`nox -s compare`."""
 
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint", "docs"]
 
 
 @nox.session
@@ -61,6 +62,13 @@ def compare(session):
         f"--nt-python={nt_python}",
         *session.posargs,
     )
+
+
+@nox.session
+def docs(session):
+    """The documentation site; `--strict` turns broken references into errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
