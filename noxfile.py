@@ -1,5 +1,5 @@
-"""Sessions: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s slow`,
-`nox -s compare`."""
+"""Sessions: `nox -s tests`, `nox -s lint`, `nox -s docs`, `nox -s examples`,
+`nox -s slow`, `nox -s compare`."""
 
 from pathlib import Path
 
@@ -69,6 +69,13 @@ def docs(session):
     """The documentation site; `--strict` turns broken references into errors."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
+def examples(session):
+    """Every example in quick mode (as CI runs them); each writes its figures."""
+    session.install("-e", ".[test,plot]")
+    session.run("python", "examples/run_all.py", *session.posargs)
 
 
 @nox.session
