@@ -171,7 +171,18 @@ class Parallel(AbstractLayer):
 
 
 class FanOut(AbstractLayer):
-    """Copies its input into a tuple of `num` identical inputs."""
+    """Copies its input into a tuple of `num` identical inputs.
+
+    **Example:**
+
+    ```python
+    residual = et.Serial(
+        et.FanOut(2),
+        et.Parallel(et.Identity(), et.Serial(et.Dense(512), et.Relu(), et.Dense(512))),
+        et.FanInSum(),
+    )
+    ```
+    """
 
     num: int = eqx.field(static=True)
 
@@ -229,6 +240,13 @@ class Repeat(AbstractLayer):
 
     - `layer`: the block to repeat.
     - `n`: how many times.
+
+    **Example:**
+
+    ```python
+    block = et.Serial(et.Dense(512, W_std=1.5, b_std=0.05), et.Relu())
+    model = et.Serial(et.Repeat(block, 100), et.Dense(1))   # compiles one block
+    ```
     """
 
     layer: AbstractLayer

@@ -39,6 +39,15 @@ class Dense(AbstractLayer):
     - `parameterization`: `"ntk"` or `"standard"`.
     - `in_features`, `key`: give both to draw the weights now (as in
       `equinox.nn.Linear`); otherwise call `init(key, input_shape)`.
+
+    **Example:**
+
+    ```python
+    model = et.Serial(et.Dense(512, W_std=1.5, b_std=0.05), et.Relu(), et.Dense(1))
+    k = model.kernel(x1, x2)                  # x1: (N1, C), x2: (N2, C)
+    net = model.init(jax.random.key(0), x1.shape[1:])
+    y = jax.vmap(net)(x1)                     # (N1, 1)
+    ```
     """
 
     out_features: int = eqx.field(static=True)

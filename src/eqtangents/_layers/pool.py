@@ -131,6 +131,13 @@ class AvgPool(AbstractLayer):
     Masked inputs (`mask_constant`) are zeros and still count in the
     normalization, as in Neural Tangents; an output is masked when the central
     tap of its window is.
+
+    **Example:**
+
+    ```python
+    model = et.Serial(et.Conv(32, (3, 3)), et.Relu(), et.AvgPool((2, 2), stride=(2, 2)),
+                      et.Flatten(), et.Dense(10))
+    ```
     """
 
     kernel_size: int | tuple[int, ...] = eqx.field(static=True)
@@ -289,6 +296,13 @@ class GlobalAvgPool(AbstractLayer):
     $K'_{12} = \frac{1}{|U_1||U_2|}\sum_{p \in U_1, p' \in U_2} K[p, p']$,
     as in Neural Tangents (a fully masked example averages to zero, and its
     output is masked).
+
+    **Example:**
+
+    ```python
+    model = et.Serial(et.Conv(32, (3, 3), padding="SAME"), et.Relu(),
+                      et.GlobalAvgPool(), et.Dense(10))
+    ```
     """
 
     call_keywords = frozenset({"mask"})
@@ -363,6 +377,13 @@ class Flatten(AbstractLayer):
     Masked positions (`mask_constant`) are zeros and still count in the
     average over positions (the following `Dense` has fan-in
     $C \prod_j S_j$); the flat output is masked when all positions are.
+
+    **Example:**
+
+    ```python
+    model = et.Serial(et.Conv(32, (3, 3), padding="SAME"), et.Relu(), et.Flatten(),
+                      et.Dense(10))
+    ```
     """
 
     def output_shape(self, input_shape: Shape) -> Shape:

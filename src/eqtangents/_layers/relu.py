@@ -62,7 +62,15 @@ class ABRelu(AbstractActivation):
 
 
 class Relu(AbstractActivation):
-    r"""$\phi(x) = \max(x, 0)$."""
+    r"""$\phi(x) = \max(x, 0)$.
+
+    **Example:**
+
+    ```python
+    model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
+    ntk = model.kernel(x, None, get="ntk")
+    ```
+    """
 
     def fn(self, x: Array) -> Array:
         return jnp.maximum(x, 0)
