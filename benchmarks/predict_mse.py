@@ -103,11 +103,12 @@ def _neural_tangents():
 
 def measure(library: str, repeats: int, save_dir: str | None = None) -> dict:
     run, kernel_fn = _eqtangents() if library == "eqtangents" else _neural_tangents()
-    row = {"workload": "predict_mse", "library": library, **time_calls(run, repeats)}
+    save = save_dir and f"{save_dir}/predict_mse-{library}.npz"
+    row = {"workload": "predict_mse", "library": library}
+    row.update(time_calls(run, repeats, save))
     if save_dir:  # after the timing, so the peak memory is the workload's own
         x_train, _, x_test = _data()
         get = ("nngp", "ntk")
-        save_outputs(f"{save_dir}/predict_mse-{library}.npz", run())
         kernels = {
             "train_train": kernel_fn(x_train, None, get=get),
             "test_train": kernel_fn(x_test, x_train, get=get),

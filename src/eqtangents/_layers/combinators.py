@@ -344,6 +344,8 @@ class Repeat(AbstractLayer):
     def propagate(self, k):
         if self.n == 0:
             return k
+        if self.n == 1:  # no loop: a one-trip scan only adds its overhead
+            return propagate(self.layer, k)
 
         def shapes(k):
             return eqx.filter_eval_shape(lambda k: propagate(self.layer, k), k)
@@ -359,8 +361,6 @@ class Repeat(AbstractLayer):
             k, trips = k.replace(is_input=False), self.n
         else:
             k, trips = propagate(self.layer, k), self.n - 1
-            if trips == 0:
-                return k
             if not _same_layout(shapes(k), k):
                 raise ValueError(
                     "Repeat: the repeated layer changes the kernel's layout or "
