@@ -231,10 +231,20 @@ def empirical_kernel(
 
     **Example:**
 
-    ```python
-    net = et.Serial(et.Dense(512), et.Relu(), et.Dense(10)).init(key, (784,))
-    ntk = et.empirical_ntk(net, x_train, None, trace_axes=())  # (N, N, 10, 10)
-    nngp, ntk = et.empirical_kernel(eqx.nn.MLP(784, 10, 64, 2, key=key), x, None)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(256), et.Relu(), et.Dense(2))
+    >>> net = model.init(jax.random.key(1), (4,))
+    >>> nngp, ntk = et.empirical_kernel(net, x, None)    # traced over the 2 outputs
+    >>> nngp.shape, ntk.shape
+    ((3, 3), (3, 3))
+    >>> et.empirical_kernel(net, x, None, "ntk", trace_axes=()).shape   # every pair
+    (3, 3, 2, 2)
+    >>> ways = ("jacobian_contraction", "ntk_vector_products", "structured_derivatives")
+    >>> kernels = [et.empirical_kernel(net, x, None, "ntk", implementation=way)
+    ...            for way in ways]
+    >>> all(bool(jnp.allclose(k, ntk)) for k in kernels)
+    True
     ```
     """
     names, single = parse_get(get)
@@ -288,8 +298,17 @@ def empirical_ntk(
 
     **Example:**
 
-    ```python
-    ntk = et.empirical_ntk(net, x_train, None, implementation="structured_derivatives")
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(256), et.Relu(), et.Dense(1))
+    >>> net = model.init(jax.random.key(1), (4,))
+    >>> from jax.flatten_util import ravel_pytree
+    >>> params, static = eqx.partition(net, eqx.is_inexact_array)
+    >>> flat, unravel = ravel_pytree(params)
+    >>> outputs = lambda p: jax.vmap(eqx.combine(unravel(p), static))(x)[:, 0]
+    >>> jac = jax.jacobian(outputs)(flat)                    # (N, P)
+    >>> bool(jnp.allclose(et.empirical_ntk(net, x), jac @ jac.T))
+    True
     ```
     """
     return empirical_kernel(
@@ -332,6 +351,17 @@ def empirical_nngp(
     **Returns:**
 
     The NNGP, one per output of the model, shaped as in `et.empirical_kernel`.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(256), et.Relu(), et.Dense(2))
+    >>> net = model.init(jax.random.key(1), (4,))
+    >>> y = jax.vmap(net)(x)                                  # (N, 2)
+    >>> bool(jnp.allclose(et.empirical_nngp(net, x), y @ y.T / 2))
+    True
+    ```
     """
     return empirical_kernel(
         model,
@@ -375,6 +405,18 @@ def empirical_ntk_vp(
 
     $\Theta v$, shaped like the batched outputs at `x1` (no traces: every output
     entry is kept).
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(256), et.Relu(), et.Dense(1))
+    >>> net = model.init(jax.random.key(1), (4,))
+    >>> v = jnp.array([[1.0], [-2.0], [0.5]])                 # shaped like the outputs
+    >>> theta_v = et.empirical_ntk_vp(net, x, None, v)
+    >>> bool(jnp.allclose(theta_v, et.empirical_ntk(net, x) @ v))
+    True
+    ```
     """
     problem = make_problem(
         model,

@@ -56,6 +56,22 @@ class Kernel(eqx.Module):
       is `x1`.
     - `pattern1`, `pattern2`: optional graph adjacencies of the examples of
       each batch (dense or edge lists), read by `et.Aggregate`.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> k = et.Serial(et.Conv(8, (3, 3)), et.Relu()).kernel(x, None)
+    >>> k.nngp.shape                                 # (N1, N2, H, H, W, W)
+    (2, 2, 6, 6, 6, 6)
+    >>> k.cov1.shape, k.cov2 is None                 # each example with itself
+    ((2, 6, 6, 6, 6), True)
+    >>> k.shape1, k.is_gaussian
+    ((8, 6, 6), False)
+    >>> model = et.Serial(et.Conv(8, (3, 3)), et.Relu())
+    >>> model.kernel(x, None, diagonal_spatial=True).nngp.shape
+    (2, 2, 6, 6)
+    ```
     """
 
     nngp: Float[Array, "n1 *n2_s"]

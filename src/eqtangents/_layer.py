@@ -44,6 +44,24 @@ class AbstractLayer(eqx.Module):
     Call-time keywords other than `key` (a graph's `pattern`, say) are named in
     `call_keywords`; combinators pass each layer the ones it names and ignore
     the rest, as Neural Tangents' `apply_fn` does.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> layer = et.Dense(3)
+    >>> layer.output_shape((4,))                        # shape inference
+    (3,)
+    >>> net = layer.init(jax.random.key(1), (4,))        # weights for inputs (4,)
+    >>> net(x[0]).shape                                  # one example
+    (3,)
+    >>> type(layer.kernel(x, None)).__name__             # the infinite-width rule
+    'Kernel'
+    >>> layer.output_shape((4, 5))
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
+    ```
     """
 
     call_keywords: ClassVar[frozenset[str]] = frozenset()

@@ -42,6 +42,20 @@ class Linearized(eqx.Module):
     `eqx.filter_grad` gives them zero gradients: an optimiser moves `params` only
     (but mask `reference` and `rest` out of weight decay, e.g. with
     `optax.masked`).
+
+    **Example:**
+
+    ```pycon
+    >>> model = et.Serial(et.Dense(8), et.Relu(), et.Dense(1))
+    >>> net = model.init(jax.random.key(0), (2,))
+    >>> lin = et.linearize(net)
+    >>> def moved(s):                                  # theta_0 + s (1, 1, ..., 1)
+    ...     params = jax.tree.map(lambda p: p + s, lin.params)
+    ...     return eqx.tree_at(lambda m: m.params, lin, params)(jnp.array([0.3, -0.7]))
+    >>> f0, f1, f2 = moved(0.0), moved(0.1), moved(0.2)
+    >>> bool(jnp.allclose(f2 - f0, 2 * (f1 - f0)))     # affine in theta
+    True
+    ```
     """
 
     params: PyTree
@@ -77,6 +91,19 @@ class TaylorExpanded(eqx.Module):
 
     - `params`, `reference`, `rest`: as in `et.Linearized`.
     - `degree`: $d$.
+
+    **Example:**
+
+    ```pycon
+    >>> model = et.Serial(et.Dense(8), et.Erf(), et.Dense(1))
+    >>> net = model.init(jax.random.key(0), (2,))
+    >>> expanded = et.taylor_expand(net, 3)
+    >>> expanded.degree, type(expanded).__name__
+    (3, 'TaylorExpanded')
+    >>> x = jnp.array([0.3, -0.7])
+    >>> bool(jnp.allclose(expanded(x), net(x)))        # equal at theta_0
+    True
+    ```
     """
 
     params: PyTree
@@ -128,9 +155,18 @@ def linearize(model: Any, *, filter_spec: Any = None) -> Linearized:
 
     **Example:**
 
-    ```python
-    lin = et.linearize(net)
-    grads = eqx.filter_grad(lambda m: jnp.sum((jax.vmap(m)(x) - y) ** 2))(lin)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(64), et.Erf(), et.Dense(1))
+    >>> net = model.init(jax.random.key(1), (4,))
+    >>> lin = et.linearize(net)
+    >>> bool(jnp.allclose(jax.vmap(lin)(x), jax.vmap(net)(x)))     # equal at theta_0
+    True
+    >>> bool(jnp.allclose(et.empirical_ntk(lin, x), et.empirical_ntk(net, x)))
+    True
+    >>> loss = lambda m: jnp.sum((jax.vmap(m)(x) - 1.0) ** 2)
+    >>> grads = eqx.filter_grad(loss)(lin)                 # trains like any module
+    >>> lin = eqx.apply_updates(lin, jax.tree.map(lambda g: -0.1 * g, grads))
     ```
     """
     params, rest = split_parameters(model, filter_spec)
@@ -151,6 +187,24 @@ def taylor_expand(
     **Returns:**
 
     An `et.TaylorExpanded` module, trainable like any Equinox module.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([0.3, -0.7])
+    >>> model = et.Serial(et.Dense(8), et.Dense(1))
+    >>> net = model.init(jax.random.key(0), (2,))
+    >>> quadratic = et.taylor_expand(net, 2)           # net is bilinear in (W1, W2)
+    >>> shift = lambda tree: jax.tree.map(lambda p: p + 0.3, tree)
+    >>> params = shift(eqx.filter(net, eqx.is_inexact_array))   # theta_0 + 0.3
+    >>> rest = eqx.filter(net, eqx.is_inexact_array, inverse=True)
+    >>> moved_net = eqx.combine(params, rest)
+    >>> move = lambda m: eqx.tree_at(lambda e: e.params, m, shift(m.params))
+    >>> bool(jnp.allclose(move(quadratic)(x), moved_net(x)))   # exact at degree 2
+    True
+    >>> bool(jnp.allclose(move(et.linearize(net))(x), moved_net(x)))   # degree 1 is not
+    False
+    ```
     """
     if not isinstance(degree, int) or isinstance(degree, bool) or degree < 0:
         raise ValueError(

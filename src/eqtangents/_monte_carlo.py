@@ -85,11 +85,18 @@ def monte_carlo_kernel(
 
     **Example:**
 
-    ```python
-    net = et.Serial(et.Dense(1024), et.Relu(), et.Dense(1024))
-    nngp, ntk = et.monte_carlo_kernel(net, x, None, key=key, n_samples=64)
-    estimates = et.monte_carlo_kernel(net, x, None, "ntk", key=key,
-                                      n_samples=[1, 4, 16, 64])
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(512), et.Relu(), et.Dense(512))  # 512 outputs
+    >>> key = jax.random.key(1)
+    >>> nngp = et.monte_carlo_kernel(model, x, None, "nngp", key=key, n_samples=64)
+    >>> exact = model.kernel(x, None, "nngp")
+    >>> float(jnp.max(jnp.abs(nngp - exact)) / jnp.max(exact)) < 0.03
+    True
+    >>> estimates = et.monte_carlo_kernel(model, x, None, "ntk", key=jax.random.key(1),
+    ...                                   n_samples=[1, 4, 16])
+    >>> len(estimates), estimates[-1].shape
+    (3, (3, 3))
     ```
     """
     counts, many = _counts(n_samples)

@@ -84,9 +84,13 @@ def batch(
 
     **Example:**
 
-    ```python
-    kernel_fn = et.batch(model.kernel, batch_size=1000, out="kernels/")
-    nngp, ntk = kernel_fn(x, None, get=("nngp", "ntk"))  # memmaps (N, N)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
+    >>> model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
+    >>> kernel_fn = et.batch(model.kernel, batch_size=4)      # 2 x 2 tiles of 4 x 4
+    >>> ntk = kernel_fn(x, None, "ntk")
+    >>> bool(jnp.allclose(ntk, model.kernel(x, None, "ntk")))
+    True
     ```
     """
     if not callable(kernel_fn):

@@ -21,6 +21,21 @@ class AbstractActivation(AbstractLayer):
     $$K' = T(K), \qquad \Theta' = \dot T(K)\, \Theta.$$
 
     Subclasses give `fn` (the forward pass) and `duals`.
+
+    **Example:**
+
+    ```pycon
+    >>> class Doubled(et.AbstractActivation):        # phi(x) = 2 x
+    ...     def fn(self, x):
+    ...         return 2 * x
+    ...     def duals(self, c12, v1, v2, derivative):
+    ...         return 4 * c12, (4 * jnp.ones_like(c12) if derivative else None)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> k = et.Serial(et.Dense(1), Doubled()).kernel(x, None)
+    >>> print(np.round(k.nngp, 4))                    # 4 x x^T / 2
+    [[2.  1.2]
+     [1.2 2. ]]
+    ```
     """
 
     @abc.abstractmethod

@@ -145,13 +145,18 @@ class GlobalSelfAttention(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(
-        et.Conv(256, (3,), padding="SAME"),
-        et.GlobalSelfAttention(256, 256, 256, n_heads=4, pos_emb_type="SUM"),
-        et.Relu(), et.GlobalAvgPool(), et.Dense(1),
-    )
-    nngp = model.kernel(x1, x2, get="nngp")  # x: (N, C, L)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 5))      # (N, C, L)
+    >>> model = et.Serial(
+    ...     et.Conv(64, (3,), padding="SAME"),
+    ...     et.GlobalSelfAttention(64, 64, 64, n_heads=2),
+    ...     et.Relu(), et.GlobalAvgPool(), et.Dense(1),
+    ... )
+    >>> model.kernel(x, None, "nngp").shape
+    (2, 2)
+    >>> net = model.init(jax.random.key(1), x.shape[1:])
+    >>> jax.vmap(net)(x).shape
+    (2, 1)
     ```
     """
 

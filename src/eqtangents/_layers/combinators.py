@@ -22,7 +22,11 @@ _EVERY_KEYWORD = _EveryKeyword()
 
 
 class Serial(AbstractLayer):
-    """Layers applied one after the other.
+    r"""Layers applied one after the other.
+
+    The output kernel is the composition of the layers' rules,
+    $\mathcal K_L = T_L \circ \cdots \circ T_1(\mathcal K_0)$, where $T_l$
+    maps the pair $(K, \Theta)$ of the layer's inputs to that of its outputs.
 
     **Arguments:**
 
@@ -30,8 +34,15 @@ class Serial(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
+    >>> model.output_shape((4,))
+    (1,)
+    >>> after_dense = et.Dense(512).kernel(x, None)          # an et.Kernel ...
+    >>> k = et.Serial(et.Relu(), et.Dense(1)).kernel(after_dense)   # ... to go on from
+    >>> bool(jnp.allclose(k.ntk, model.kernel(x, None).ntk))
+    True
     ```
     """
 
@@ -92,11 +103,29 @@ class Serial(AbstractLayer):
 
 
 class Parallel(AbstractLayer):
-    """Applies layer `i` to input `i` of a tuple (after `FanOut`, say).
+    r"""Applies layer `i` to input `i` of a tuple (after `FanOut`, say).
+
+    Branches have independent weights, so each kernel follows its own rule,
+    $(\mathcal K_1, \dots, \mathcal K_n) \mapsto (T_1 \mathcal K_1, \dots,
+    T_n \mathcal K_n)$; the covariance between two branches is zero once
+    they have passed an affine layer.
 
     **Arguments:**
 
     - `*layers`: one layer per branch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> two = et.Serial(et.FanOut(2), et.Parallel(et.Dense(1), et.Dense(1, W_std=2.0)))
+    >>> k1, k2 = two.kernel(x, None, "nngp")                 # one kernel per branch
+    >>> bool(jnp.allclose(k2, 4 * k1))
+    True
+    >>> net = two.init(jax.random.key(1), x.shape[1:])
+    >>> [y.shape for y in net(x[0])]
+    [(1,), (1,)]
+    ```
     """
 
     layers: tuple[AbstractLayer, ...]
@@ -171,16 +200,28 @@ class Parallel(AbstractLayer):
 
 
 class FanOut(AbstractLayer):
-    """Copies its input into a tuple of `num` identical inputs.
+    r"""Copies its input into a tuple of `num` identical inputs.
+
+    Every copy carries the input's kernel, $\mathcal K \mapsto (\mathcal K,
+    \dots, \mathcal K)$; the copies are fully correlated until the branches
+    apply their own weights.
+
+    **Arguments:**
+
+    - `num`: the number of copies.
 
     **Example:**
 
-    ```python
-    residual = et.Serial(
-        et.FanOut(2),
-        et.Parallel(et.Identity(), et.Serial(et.Dense(512), et.Relu(), et.Dense(512))),
-        et.FanInSum(),
-    )
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> branch = et.Serial(et.Dense(512), et.Relu(), et.Dense(4))
+    >>> residual = et.Serial(
+    ...     et.FanOut(2), et.Parallel(et.Identity(), branch), et.FanInSum()
+    ... )
+    >>> k = residual.kernel(x, None, "nngp")                 # K_skip + K_branch
+    >>> k_skip = et.Identity().kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(k, k_skip + branch.kernel(x, None, "nngp")))
+    True
     ```
     """
 
@@ -243,9 +284,13 @@ class Repeat(AbstractLayer):
 
     **Example:**
 
-    ```python
-    block = et.Serial(et.Dense(512, W_std=1.5, b_std=0.05), et.Relu())
-    model = et.Serial(et.Repeat(block, 100), et.Dense(1))   # compiles one block
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> block = et.Serial(et.Dense(512, W_std=1.5, b_std=0.05), et.Relu())
+    >>> deep = et.Serial(et.Repeat(block, 3), et.Dense(1))   # compiles one block
+    >>> same = et.Serial(block, block, block, et.Dense(1))
+    >>> bool(jnp.allclose(deep.kernel(x, None, "ntk"), same.kernel(x, None, "ntk")))
+    True
     ```
     """
 

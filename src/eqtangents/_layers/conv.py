@@ -71,9 +71,19 @@ class Conv(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Conv(256, (3, 3), padding="SAME"), et.Relu(),
-                      et.GlobalAvgPool(), et.Dense(10))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> model = et.Serial(et.Conv(256, (3, 3), padding="SAME"), et.Relu(),
+    ...                   et.GlobalAvgPool(), et.Dense(10))
+    >>> model.kernel(x, None, "ntk").shape
+    (2, 2)
+    >>> net = model.init(jax.random.key(1), x.shape[1:])
+    >>> jax.vmap(net)(x).shape
+    (2, 10)
+    >>> whole = et.Serial(et.Conv(1, (8, 8)), et.Flatten())   # one window: a Dense
+    >>> dense = et.Dense(1).kernel(x.reshape(2, -1), None, "nngp")
+    >>> bool(jnp.allclose(whole.kernel(x, None, "nngp"), dense))
+    True
     ```
     """
 

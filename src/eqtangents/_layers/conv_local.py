@@ -79,9 +79,17 @@ class ConvLocal(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.ConvLocal(256, (3, 3), padding="SAME"), et.Relu(),
-                      et.Flatten(), et.Dense(10))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> lcn = et.Serial(et.ConvLocal(64, (3, 3), padding="SAME"), et.Relu(),
+    ...                 et.Flatten(), et.Dense(1))
+    >>> cnn = et.Serial(et.Conv(64, (3, 3), padding="SAME"), et.Relu(),
+    ...                 et.Flatten(), et.Dense(1))
+    >>> # Flatten reads the spatial diagonal only, where the two agree:
+    >>> bool(jnp.allclose(lcn.kernel(x, None, "nngp"), cnn.kernel(x, None, "nngp")))
+    True
+    >>> jax.vmap(lcn.init(jax.random.key(1), x.shape[1:]))(x).shape
+    (2, 1)
     ```
     """
 

@@ -130,9 +130,16 @@ class ConvTranspose(AbstractLayer):
 
     **Example:**
 
-    ```python
-    decoder = et.Serial(et.ConvTranspose(256, (3, 3), stride=2, padding="SAME"),
-                        et.Relu(), et.Flatten(), et.Dense(1))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4))
+    >>> layer = et.ConvTranspose(16, (3, 3), stride=2, padding="SAME")
+    >>> layer.output_shape(x.shape[1:])
+    (16, 8, 8)
+    >>> decoder = et.Serial(layer, et.Relu(), et.Flatten(), et.Dense(1))
+    >>> decoder.kernel(x, None, "ntk").shape
+    (2, 2)
+    >>> jax.vmap(decoder.init(jax.random.key(1), x.shape[1:]))(x).shape
+    (2, 1)
     ```
     """
 

@@ -42,11 +42,18 @@ class Dense(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Dense(512, W_std=1.5, b_std=0.05), et.Relu(), et.Dense(1))
-    k = model.kernel(x1, x2)                  # x1: (N1, C), x2: (N2, C)
-    net = model.init(jax.random.key(0), x1.shape[1:])
-    y = jax.vmap(net)(x1)                     # (N1, 1)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> model = et.Serial(et.Dense(512, W_std=1.5, b_std=0.05), et.Relu(), et.Dense(1))
+    >>> k = model.kernel(x, None)                   # infinite width: an et.Kernel
+    >>> k.nngp.shape, k.ntk.shape
+    ((3, 3), (3, 3))
+    >>> net = model.init(jax.random.key(1), x.shape[1:])   # finite width 512
+    >>> jax.vmap(net)(x).shape
+    (3, 1)
+    >>> k1 = et.Dense(1, W_std=1.5, b_std=0.05).kernel(x, None)
+    >>> bool(jnp.allclose(k1.nngp, 1.5**2 * x @ x.T / 4 + 0.05**2))
+    True
     ```
     """
 

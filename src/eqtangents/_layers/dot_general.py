@@ -58,6 +58,19 @@ class DotGeneral(AbstractLayer):
     - `dimension_numbers`: `((lhs_contracting, rhs_contracting), (lhs_batch,
       rhs_batch))`.
     - `precision`: `jax.lax` precision of the contraction.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 4))      # (N, C, L)
+    >>> average = jnp.ones((4, 1)) / 4                      # T: the mean over L
+    >>> layer = et.DotGeneral(rhs=average, dimension_numbers=(((1,), (0,)), ((), ())))
+    >>> layer.output_shape((3, 4))
+    (3, 1)
+    >>> k = et.Serial(layer, et.Flatten()).kernel(x, None, "nngp")    # T^T K T
+    >>> bool(jnp.allclose(k, et.GlobalAvgPool().kernel(x, None, "nngp")))
+    True
+    ```
     """
 
     lhs: Float[Array, "..."] | None

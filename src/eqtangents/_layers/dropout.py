@@ -49,6 +49,21 @@ class Dropout(AbstractLayer):
     - `mode`: `"train"` (dropout on) or `"test"` (the identity).
     - `inference`: the identity when true (Equinox's switch, also set by
       `equinox.nn.inference_mode`); can be overridden in `__call__`.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> base = et.Dense(1).kernel(x, None, "nngp")
+    >>> k = et.Serial(et.Dense(1), et.Dropout(0.5)).kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(jnp.diag(k), jnp.diag(base) / 0.5))   # K / r on the diagonal
+    True
+    >>> bool(jnp.allclose(k[0, 1], base[0, 1]))                 # unchanged off it
+    True
+    >>> y = et.Dropout(0.5)(jnp.ones(8), key=jax.random.key(0))
+    >>> sorted(set(np.asarray(y).tolist()))                      # dropped or doubled
+    [0.0, 2.0]
+    ```
     """
 
     rate: float

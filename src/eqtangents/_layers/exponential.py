@@ -57,6 +57,18 @@ class Sin(AbstractActivation):
       \left(e^{b^2 c_{12}} - \cos(2c)\, e^{-b^2 c_{12}}\right), \qquad
       \dot T = \frac{a^2 b^2}{2} e^{-b^2 (v_1 + v_2)/2}
       \left(e^{b^2 c_{12}} + \cos(2c)\, e^{-b^2 c_{12}}\right).$$
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Sin(a=1.0, b=2.0, c=0.3)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     a: float
@@ -87,6 +99,18 @@ class Cos(AbstractActivation):
 
     Since $\cos(bx + c) = \sin(bx + c + \pi/2)$, the kernels are those of `Sin`
     with $\cos(2c)$ replaced by $-\cos(2c)$.
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Cos(a=1.0, b=2.0, c=0.3)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     a: float
@@ -119,6 +143,17 @@ class Rbf(AbstractActivation):
 
     After a `Dense` layer on inputs $x, x'$ of dimension $d$ with $\sigma_w = 1$
     and no bias, $T = \exp(-\gamma \lVert x - x' \rVert^2 / d)$.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    >>> model = et.Serial(et.Dense(1, b_std=None), et.Rbf(gamma=0.5))
+    >>> k = model.kernel(x, None, "nngp")
+    >>> d2 = jnp.sum((x[0] - x[1]) ** 2)                 # |x - x'|^2 = 6, d = 3
+    >>> bool(jnp.isclose(k[0, 1], jnp.exp(-0.5 * d2 / 3)))
+    True
+    ```
     """
 
     gamma: float
@@ -144,6 +179,18 @@ class Exp(AbstractActivation):
     - `b`: input scale.
 
     $$T = a^2 e^{b^2 (v_1 + v_2 + 2 c_{12})/2}, \qquad \dot T = b^2\, T.$$
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Exp(a=1.0, b=0.5)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     a: float
@@ -181,6 +228,17 @@ class ExpNormalized(AbstractActivation):
     `ValueError`. On unit-variance inputs (after a normalisation layer) its
     kernels equal those of `Exp(a=exp(gamma * (shift - 1) / 2), b=sqrt(gamma))`,
     which does have one.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])           # unit vectors
+    >>> first = et.Dense(1, W_std=2**0.5)                  # unit preactivation variance
+    >>> k = et.Serial(first, et.ExpNormalized(gamma=2.0, shift=-1.0)).kernel(x, None)
+    >>> same = et.Exp(a=float(np.exp(2.0 * (-1.0 - 1) / 2)), b=2.0**0.5)
+    >>> bool(jnp.allclose(k.nngp, et.Serial(first, same).kernel(x, None).nngp))
+    True
+    ```
     """
 
     gamma: float

@@ -51,7 +51,18 @@ def _same_shapes(layer: AbstractLayer, shapes) -> None:
 
 
 class FanInSum(AbstractLayer):
-    r"""Sum of the branches: $K = \sum_i K_i$, $\Theta = \sum_i \Theta_i$."""
+    r"""Sum of the branches: $K = \sum_i K_i$, $\Theta = \sum_i \Theta_i$.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> two = et.Parallel(et.Dense(1), et.Dense(1, W_std=2.0))
+    >>> k = et.Serial(et.FanOut(2), two, et.FanInSum()).kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(k, (1 + 4) * x @ x.T / 4))
+    True
+    ```
+    """
 
     def __call__(self, x, *, key: PRNGKeyArray | None = None):
         return functools.reduce(operator.add, x)
@@ -89,6 +100,16 @@ class FanInProd(AbstractLayer):
 
     For independent branches $K = \prod_i K_i$ and, by the product rule,
     $\Theta = \sum_i \Theta_i \prod_{j \ne i} K_j$.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> two = et.Parallel(et.Dense(1), et.Dense(1, W_std=2.0))
+    >>> k = et.Serial(et.FanOut(2), two, et.FanInProd()).kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(k, 4 * (x @ x.T / 4) ** 2))
+    True
+    ```
     """
 
     def __call__(self, x, *, key: PRNGKeyArray | None = None):
@@ -140,6 +161,18 @@ class FanInConcat(AbstractLayer):
 
     - `axis`: axis of the per-example shape `(C, *spatial)`; `0` (or `-len`)
       is channels.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4))         # (N, C)
+    >>> two = et.Parallel(et.Dense(1), et.Dense(3, W_std=2.0))   # widths 1 and 3
+    >>> k = et.Serial(et.FanOut(2), two, et.FanInConcat()).kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(k, (1 * 1 + 3 * 4) / 4 * x @ x.T / 4))
+    True
+    >>> two.output_shape(((4,), (4,))), et.FanInConcat().output_shape(((1,), (3,)))
+    (((1,), (3,)), (4,))
+    ```
     """
 
     axis: int = eqx.field(static=True)

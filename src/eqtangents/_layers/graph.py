@@ -59,11 +59,20 @@ class Aggregate(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Conv(64, (1,)), et.Relu(), et.Aggregate(),
-                      et.Conv(64, (1,)), et.Relu(), et.GlobalAvgPool(), et.Dense(1))
-    k = model.kernel(x1, x2, pattern=(adjacency1, adjacency2))
-    y = jax.vmap(lambda x, a: net(x, pattern=a))(x1, adjacency1)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 5))      # (N, C, vertices)
+    >>> a = jnp.broadcast_to(jnp.eye(5) + jnp.eye(5, k=1), (2, 5, 5))   # a path graph
+    >>> model = et.Serial(et.Conv(64, (1,)), et.Relu(), et.Aggregate(),
+    ...                   et.Conv(64, (1,)), et.Relu(), et.GlobalAvgPool(), et.Dense(1))
+    >>> model.kernel(x, None, "nngp", pattern=(a, None)).shape
+    (2, 2)
+    >>> net = model.init(jax.random.key(1), x.shape[1:])
+    >>> jax.vmap(lambda xi, ai: net(xi, pattern=ai))(x, a).shape
+    (2, 1)
+    >>> k = et.Aggregate().kernel(x, None, "nngp", pattern=(a, None))   # A^T K A
+    >>> y = jnp.einsum("ncv,nvw->ncw", x, a)                 # the sums themselves
+    >>> bool(jnp.allclose(k, et.Identity().kernel(y, None, "nngp")))
+    True
     ```
     """
 

@@ -58,6 +58,19 @@ class LayerNorm(AbstractLayer):
     - `axis`: the per-example axes to normalize over; must include the channel
       axis 0.
     - `eps`: added to the variance.
+
+    **Example:**
+
+    ```pycon
+    >>> scales = jnp.array([[1.0], [5.0], [0.1]])
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) * scales
+    >>> k = et.Serial(et.Dense(1), et.LayerNorm()).kernel(x, None, "nngp")
+    >>> print(np.round(np.diag(k), 6))                       # unit variances ...
+    [1. 1. 1.]
+    >>> cosine = x[0] @ x[1] / jnp.linalg.norm(x[0]) / jnp.linalg.norm(x[1])
+    >>> bool(jnp.isclose(k[0, 1], cosine))                   # ... and correlations
+    True
+    ```
     """
 
     axis: int | tuple[int, ...] = eqx.field(static=True)

@@ -236,6 +236,19 @@ class ElementwiseNumerical(AbstractActivation):
     - `deg`: the number of Gauss-Hermite points per dimension, at least 1.
     - `df`: the derivative of `fn`, elementwise; by default it is computed by
       autodiff.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> quad = et.ElementwiseNumerical(jax.scipy.special.erf, deg=25)
+    >>> k = et.Serial(et.Dense(1), quad).kernel(x, None)
+    >>> exact = et.Serial(et.Dense(1), et.Erf()).kernel(x, None)
+    >>> bool(jnp.allclose(k.nngp, exact.nngp, atol=1e-6))
+    True
+    >>> bool(jnp.allclose(k.ntk, exact.ntk, atol=1e-6))
+    True
+    ```
     """
 
     # The class-level default only stands in for the abstract method `fn`;
@@ -347,9 +360,16 @@ class Elementwise(AbstractActivation):
 
     **Example:**
 
-    ```python
-    act = et.Elementwise(lambda x: x * jnp.tanh(x))
-    model = et.Serial(et.Dense(512), act, et.Dense(1))
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> k = et.Serial(et.Dense(1), et.Elementwise(jnp.sin)).kernel(x, None)
+    >>> exact = et.Serial(et.Dense(1), et.Sin()).kernel(x, None)    # closed form
+    >>> bool(jnp.allclose(k.nngp, exact.nngp)), bool(jnp.allclose(k.ntk, exact.ntk))
+    (True, True)
+    >>> swish = et.Elementwise(lambda u: u * jax.nn.sigmoid(u))    # no closed form
+    >>> model = et.Serial(et.Dense(512), swish, et.Dense(1))
+    >>> model.kernel(x, None, "ntk").shape
+    (2, 2)
     ```
     """
 

@@ -116,6 +116,16 @@ class Monomial(AbstractActivation):
 
     e.g. $T_2 = 2c_{12}^2 + p$, $T_3 = 6c_{12}^3 + 9 c_{12} p$. On the diagonal
     $T = (2n-1)!!\, v^n$.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])     # after Dense: v = 0.5, c = 0.3
+    >>> k = et.Serial(et.Dense(1), et.Monomial(3)).kernel(x, None, "nngp")
+    >>> print(np.round(k, 4))                        # 15 v^3 and 6 c^3 + 9 c v^2
+    [[1.875 0.837]
+     [0.837 1.875]]
+    ```
     """
 
     degree: int = eqx.field(static=True)
@@ -151,6 +161,17 @@ class Hermite(AbstractActivation):
     formula to every input (it assumes unit variance and only warns), so the two
     agree exactly at unit variance; elsewhere NT's value is not
     $E[\phi(u)\phi(v)]$, and this one is.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> first = et.Dense(1, W_std=2**0.5)           # unit variance, correlation 0.6
+    >>> k = et.Serial(first, et.Hermite(3)).kernel(x, None, "nngp")
+    >>> print(np.round(k, 4))                        # c^3 at unit variance
+    [[1.    0.216]
+     [0.216 1.   ]]
+    ```
     """
 
     degree: int = eqx.field(static=True)
@@ -184,6 +205,22 @@ class Polynomial(AbstractActivation):
 
     The duals follow from Mehler's formula (module docstring) with
     $g_l(v) = \sum_k a_{l+2k} \frac{(l+2k)!}{k!\, l!\, 2^k} \sqrt{l!}\; v^k$.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> k = et.Serial(et.Dense(1), et.Polynomial([0.0, 0.0, 1.0])).kernel(x, None)
+    >>> k2 = et.Serial(et.Dense(1), et.Monomial(2)).kernel(x, None)   # 2 c^2 + v1 v2
+    >>> bool(jnp.allclose(k.nngp, k2.nngp)), bool(jnp.allclose(k.ntk, k2.ntk))
+    (True, True)
+    >>> act = et.Polynomial([0.5, -1.0, 0.0, 0.3])
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     coef: tuple[float, ...] = eqx.field(static=True)
@@ -226,6 +263,18 @@ class Sign(AbstractActivation):
     with $\rho = c_{12}/\sqrt{v_1 v_2}$ (0 where a variance is 0). The derivative
     of `sign` is zero almost everywhere, so, as in Neural Tangents, gradients do
     not flow through this layer and it contributes nothing to the NTK.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])     # correlation 0.6
+    >>> k = et.Serial(et.Dense(1), et.Sign()).kernel(x, None)
+    >>> bool(jnp.isclose(k.nngp[0, 1], 2 / jnp.pi * jnp.arcsin(0.6)))
+    True
+    >>> print(k.ntk)                                 # no gradient flows through sign
+    [[0. 0.]
+     [0. 0.]]
+    ```
     """
 
     def fn(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -313,6 +362,22 @@ class RectifiedMonomial(AbstractActivation):
     step's derivative is zero almost everywhere and $\dot T = 0$, as in Neural
     Tangents. Where a variance is zero, $\rho$ is taken as 0 (so the step's
     $T$ is $1/4$ there; for $n \ge 1$, $T = 0$ as it should be).
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> k1 = et.Serial(et.Dense(1), et.RectifiedMonomial(1)).kernel(x, None)
+    >>> k2 = et.Serial(et.Dense(1), et.Relu()).kernel(x, None)
+    >>> bool(jnp.allclose(k1.nngp, k2.nngp)), bool(jnp.allclose(k1.ntk, k2.ntk))
+    (True, True)
+    >>> act = et.RectifiedMonomial(2)
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     degree: int = eqx.field(static=True)

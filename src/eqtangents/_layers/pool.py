@@ -134,9 +134,14 @@ class AvgPool(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Conv(32, (3, 3)), et.Relu(), et.AvgPool((2, 2), stride=(2, 2)),
-                      et.Flatten(), et.Dense(10))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> pooled = et.Serial(et.AvgPool((2, 2), stride=(2, 2)), et.Flatten())
+    >>> blocks = x.reshape(2, 3, 4, 2, 4, 2).mean((3, 5))          # 2x2 means
+    >>> flat = blocks.reshape(2, -1)
+    >>> k = pooled.kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(k, flat @ flat.T / flat.shape[1]))
+    True
     ```
     """
 
@@ -204,6 +209,18 @@ class SumPool(AbstractLayer):
 
     Masked inputs (`mask_constant`) are zeros; an output is masked when the
     central tap of its window is.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> pooled = et.Serial(et.SumPool((2, 2), stride=(2, 2)), et.Flatten())
+    >>> blocks = x.reshape(2, 3, 4, 2, 4, 2).sum((3, 5))           # 2x2 sums
+    >>> flat = blocks.reshape(2, -1)
+    >>> k = pooled.kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(k, flat @ flat.T / flat.shape[1]))
+    True
+    ```
     """
 
     kernel_size: int | tuple[int, ...] = eqx.field(static=True)
@@ -299,9 +316,16 @@ class GlobalAvgPool(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Conv(32, (3, 3), padding="SAME"), et.Relu(),
-                      et.GlobalAvgPool(), et.Dense(10))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> mean = x.mean((2, 3))                                    # (N, C)
+    >>> k = et.GlobalAvgPool().kernel(x, None, "nngp")           # mean of K[p, p']
+    >>> bool(jnp.allclose(k, mean @ mean.T / 3))
+    True
+    >>> model = et.Serial(et.Conv(32, (3, 3), padding="SAME"), et.Relu(),
+    ...                   et.GlobalAvgPool(), et.Dense(10))
+    >>> model.kernel(x, None, "ntk").shape
+    (2, 2)
     ```
     """
 
@@ -340,6 +364,16 @@ class GlobalSumPool(AbstractLayer):
 
     $K' = \sum_{p, p'} K[p, p']$. Masked positions (`mask_constant`) are zeros
     and add nothing; the output is masked when all positions are.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> total = x.sum((2, 3))                                    # (N, C)
+    >>> k = et.GlobalSumPool().kernel(x, None, "nngp")           # sum of K[p, p']
+    >>> bool(jnp.allclose(k, total @ total.T / 3))
+    True
+    ```
     """
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -380,9 +414,14 @@ class Flatten(AbstractLayer):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Conv(32, (3, 3), padding="SAME"), et.Relu(), et.Flatten(),
-                      et.Dense(10))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))   # (N, C, H, W)
+    >>> flat = x.reshape(2, -1)                                  # (N, C H W)
+    >>> k = et.Flatten().kernel(x, None, "nngp")                 # mean of K[p, p]
+    >>> bool(jnp.allclose(k, flat @ flat.T / flat.shape[1]))
+    True
+    >>> et.Flatten().output_shape((3, 8, 8))
+    (192,)
     ```
     """
 

@@ -43,7 +43,20 @@ def _is_zero(value) -> bool:
 
 
 class ABRelu(AbstractActivation):
-    r"""$\phi(x) = a x$ for $x < 0$ and $b x$ for $x \ge 0$."""
+    r"""$\phi(x) = a x$ for $x < 0$ and $b x$ for $x \ge 0$.
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.ABRelu(a=-0.5, b=1.0)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
+    """
 
     a: float
     b: float
@@ -66,9 +79,17 @@ class Relu(AbstractActivation):
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
-    ntk = model.kernel(x, None, get="ntk")
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])     # cosine 0.6
+    >>> model = et.Serial(et.Dense(512), et.Relu())
+    >>> k = model.kernel(x, None)                    # after Dense: K = x x^T / 2
+    >>> rho, v = 0.6, 0.5
+    >>> t = v / (2 * np.pi) * (np.sqrt(1 - rho**2) + (np.pi - np.arccos(rho)) * rho)
+    >>> t_dot = (np.pi - np.arccos(rho)) / (2 * np.pi)
+    >>> bool(np.isclose(k.nngp[0, 1], t))
+    True
+    >>> bool(np.isclose(k.ntk[0, 1], rho * v * t_dot))  # Theta = K after Dense
+    True
     ```
     """
 
@@ -83,7 +104,20 @@ class Relu(AbstractActivation):
 
 
 class LeakyRelu(AbstractActivation):
-    r"""$\phi(x) = \alpha x$ for $x < 0$ and $x$ for $x \ge 0$."""
+    r"""$\phi(x) = \alpha x$ for $x < 0$ and $x$ for $x \ge 0$.
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.LeakyRelu(0.1)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
+    """
 
     alpha: float
 
@@ -101,7 +135,20 @@ class LeakyRelu(AbstractActivation):
 
 
 class Abs(AbstractActivation):
-    r"""$\phi(x) = |x|$."""
+    r"""$\phi(x) = |x|$.
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Abs()
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
+    """
 
     def fn(self, x: Array) -> Array:
         return jnp.abs(x)

@@ -159,6 +159,18 @@ class ImageResize(AbstractLayer):
       `"nearest"`.
     - `antialias`: use an antialiasing filter when downsampling (linear).
     - `precision`: `jax.lax` precision of the interpolation.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4))
+    >>> up = et.Serial(et.ImageResize((-1, 8, 8), "nearest"), et.Flatten())
+    >>> flat = et.Flatten().kernel(x, None, "nngp")
+    >>> bool(jnp.allclose(up.kernel(x, None, "nngp"), flat))
+    True
+    >>> et.ImageResize((-1, 8, 8), "linear").output_shape((3, 4, 4))
+    (3, 8, 8)
+    ```
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
@@ -314,6 +326,18 @@ class Index(AbstractLayer):
     **Arguments:**
 
     - `idx`: an index, e.g. `(slice(None), slice(1, 5), 0)` for `x[:, 1:5, 0]`.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 4))      # (N, C, L)
+    >>> first_two = et.Serial(et.Index((slice(None), slice(0, 2))), et.Flatten())
+    >>> flat = x[:, :, :2].reshape(2, -1)
+    >>> bool(jnp.allclose(first_two.kernel(x, None, "nngp"), flat @ flat.T / 6))
+    True
+    >>> et.Index((slice(None), 0)).output_shape((3, 4))        # an int drops the axis
+    (3,)
+    ```
     """
 
     idx: tuple[IndexItem, ...] = eqx.field(static=True)

@@ -72,6 +72,18 @@ class Erf(AbstractActivation):
       {\sqrt{(1 + 2b^2 v_1)(1 + 2b^2 v_2)}} + c^2, \qquad
       \dot T = \frac{4 a^2 b^2}{\pi}
       \left[(1 + 2b^2 v_1)(1 + 2b^2 v_2) - 4 b^4 c_{12}^2\right]^{-1/2}.$$
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Erf(a=1.0, b=2.0, c=0.1)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     a: float
@@ -96,6 +108,19 @@ class SigmoidLike(AbstractActivation):
     The scale $s = 2.4020563531719796$ minimises the squared distance to the
     logistic sigmoid on $[-5, 5]$ (Neural Tangents' `Sigmoid_like`). The kernels
     are those of `Erf(a=0.5, b=1/s, c=0.5)`.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])
+    >>> k = et.Serial(et.Dense(1), et.SigmoidLike()).kernel(x, None)
+    >>> k_erf = et.Serial(et.Dense(1), et.Erf(a=0.5, b=1 / 2.4020563531719796, c=0.5))
+    >>> bool(jnp.allclose(k.nngp, k_erf.kernel(x, None).nngp))
+    True
+    >>> t = jnp.linspace(-5, 5, 101)
+    >>> float(jnp.max(jnp.abs(et.SigmoidLike()(t) - jax.nn.sigmoid(t)))) < 0.02
+    True
+    ```
     """
 
     def fn(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -125,6 +150,18 @@ class Gelu(AbstractActivation):
       + \frac{c_{12}^2 + p\,\Delta^2}{q\,\Delta}\right], \qquad
       \dot T = \frac14 + \frac{1}{2\pi}\left[\theta + \frac{c_{12}}{\Delta}
       \left(1 + \frac{1}{\Delta^2} + \frac{1 - p}{q}\right)\right].$$
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Gelu()
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     approximate: bool = eqx.field(static=True, default=False)
@@ -172,6 +209,18 @@ class Gaussian(AbstractActivation):
 
     For $b \le 0$, $\Delta \ge 1$. For $b > 0$ the expectation is finite only
     while $4 b \max(v_1, v_2) < 1$; beyond it the kernel is infinite.
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Gaussian(a=1.0, b=-1.0)
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     a: float
@@ -211,6 +260,18 @@ class Gabor(AbstractActivation):
     $E[e^{-u^2 - v^2 + i t^\top (u, v)}] = d^{-1/2}
     e^{-t^\top \Sigma (I + 2\Sigma)^{-1} t / 2}$; $\dot T = \partial T /
     \partial c_{12}$.
+
+    **Example:**
+
+    ```pycon
+    >>> act = et.Gabor()
+    >>> x = jnp.array([[1.0, 0.0], [0.6, 0.8]])          # two unit vectors
+    >>> k = et.Serial(et.Dense(1), act).kernel(x, None)   # u ~ N(0, x x^T / 2)
+    >>> u = x @ jax.random.normal(jax.random.key(0), (2, 400_000)) / jnp.sqrt(2)
+    >>> mc = act(u) @ act(u).T / u.shape[1]               # E[phi(u) phi(u')]
+    >>> bool(jnp.allclose(k.nngp, mc, atol=0.01))
+    True
+    ```
     """
 
     def fn(self, x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:

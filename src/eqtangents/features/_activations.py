@@ -179,6 +179,24 @@ class AbstractActivationFeatures(AbstractFeatureLayer):
     - `sketch_dim`: the width of $\Psi'$; `None` for the explicit product.
     - `degree`: the truncation degree $p$ of the Hermite expansions.
     - `tol`: the largest relative truncation error allowed on the diagonal.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> k = et.Serial(et.Dense(1), et.Erf()).kernel(x, None)
+    >>> for method in ("poly_sketch", "combined", "random_features", "exact"):
+    ...     act = et.features.Erf(method=method, nngp_dim=4096, sketch_dim=4096)
+    ...     fmodel = et.features.Serial(et.features.Dense(), act)
+    ...     fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    ...     f = fmodel(et.features.Features.from_inputs(x))
+    ...     ntk = et.features.kernel(f, get="ntk")
+    ...     print(method, float(jnp.max(jnp.abs(ntk - k.ntk)) / jnp.max(k.ntk)) < 0.05)
+    poly_sketch True
+    combined True
+    random_features True
+    exact True
+    ```
     """
 
     config: eqx.AbstractVar[Config]
@@ -369,6 +387,22 @@ def _apply(layer, proj, phi, psi):
 class Erf(AbstractActivationFeatures):
     r"""Features of $\sigma(x) = a\,\mathrm{erf}(bx) + c$ (mirrors `et.Erf`); the
     Hermite coefficients are in closed form (`erf_coefficients`). Arguments
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.Erf(nngp_dim=4096, sketch_dim=4096)
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.Erf())
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.05, relative_error(ntk, k.ntk) < 0.05
+    (True, True)
+    ```
     `a`, `b`, `c`, then those of `AbstractActivationFeatures`."""
 
     a: float = eqx.field(static=True)
@@ -400,6 +434,22 @@ class Gelu(AbstractActivationFeatures):
     r"""Features of GELU, $\sigma(x) = x\Phi(x)$ (mirrors `et.Gelu`, whose kernels
     are those of the exact GELU whatever its `approximate`); the Hermite
     coefficients are in closed form (`gelu_coefficients`). Arguments as
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.Gelu(nngp_dim=4096, sketch_dim=4096)
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.Gelu())
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.05, relative_error(ntk, k.ntk) < 0.05
+    (True, True)
+    ```
     `AbstractActivationFeatures`."""
 
     config: Config = eqx.field(static=True)
@@ -424,6 +474,22 @@ class Gelu(AbstractActivationFeatures):
 class Sin(AbstractActivationFeatures):
     r"""Features of $\sigma(x) = a\sin(bx + c)$ (mirrors `et.Sin`); the Hermite
     coefficients are in closed form (`sin_coefficients`). Arguments `a`, `b`,
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.Sin(nngp_dim=4096, sketch_dim=4096)
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.Sin())
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.05, relative_error(ntk, k.ntk) < 0.05
+    (True, True)
+    ```
     `c`, then those of `AbstractActivationFeatures`."""
 
     a: float = eqx.field(static=True)
@@ -461,6 +527,25 @@ class ElementwiseNumerical(AbstractActivationFeatures):
     Quadrature converges fast for smooth $\sigma$, slowly at kinks: prefer a
     closed-form layer where one exists. Arguments `fn`, `deg`, `df` as in
     `et.ElementwiseNumerical`, then those of `AbstractActivationFeatures`.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.ElementwiseNumerical(
+    ...     jnp.tanh, deg=25, nngp_dim=4096, sketch_dim=4096
+    ... )
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> tanh = et.ElementwiseNumerical(jnp.tanh, deg=25)
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), tanh)
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.05, relative_error(ntk, k.ntk) < 0.05
+    (True, True)
+    ```
     """
 
     config: Config = eqx.field(static=True)

@@ -101,6 +101,21 @@ def _common_width(shapes: tuple[FeatureShape, ...], layer) -> int | None:
 
 class Identity(AbstractFeatureLayer):
     """The identity: features unchanged (mirrors `et.Identity`), for example the
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Identity(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Identity(),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     skip branch of a residual block."""
 
     def output_shape(self, input_shape) -> FeatureShape:
@@ -116,6 +131,25 @@ class FanOut(AbstractFeatureLayer):
     **Arguments:**
 
     - `num`: the number of branches.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.FanOut(2),
+    ...     et.features.Parallel(et.features.Identity(), et.features.Dense(W_std=2.0)),
+    ...     et.features.FanInSum(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.FanOut(2),
+    ...     et.Parallel(et.Identity(), et.Dense(4, W_std=2.0)),
+    ...     et.FanInSum(),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     num: int = eqx.field(static=True)
@@ -146,6 +180,27 @@ class Parallel(AbstractFeatureLayer):
     **Arguments:**
 
     - `*layers`: one feature layer per branch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.FanOut(2),
+    ...     et.features.Parallel(
+    ...         et.features.Dense(b_std=0.5), et.features.Dense(W_std=2.0)
+    ...     ),
+    ...     et.features.FanInSum(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.FanOut(2),
+    ...     et.Parallel(et.Dense(1, b_std=0.5), et.Dense(1, W_std=2.0)),
+    ...     et.FanInSum(),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     layers: tuple[AbstractFeatureLayer, ...]
@@ -201,6 +256,32 @@ class FanInSum(AbstractFeatureLayer):
     $\Phi = [\Phi_1, \dots, \Phi_n]$, $\Psi = [\Psi_1, \dots, \Psi_n]$ (feature
     widths add up). All branches must have the same spatial shape and channel
     count.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Dense(),
+    ...     et.features.FanOut(2),
+    ...     et.features.Parallel(
+    ...         et.features.Identity(),
+    ...         et.features.Serial(
+    ...             et.features.Relu(method="exact"), et.features.Dense()
+    ...         ),
+    ...     ),
+    ...     et.features.FanInSum(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Dense(1),
+    ...     et.FanOut(2),
+    ...     et.Parallel(et.Identity(), et.Serial(et.Relu(), et.Dense(1))),
+    ...     et.FanInSum(),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     def output_shape(self, input_shape) -> FeatureShape:
@@ -259,6 +340,28 @@ class FanInConcat(AbstractFeatureLayer):
       `0` (or `-len`) is the channels.
     - `widths`: the channel count of each branch (axis 0 only), overriding
       those of the input shapes.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.FanOut(2),
+    ...     et.features.Parallel(
+    ...         et.features.Dense(out_features=1),
+    ...         et.features.Dense(W_std=2.0, out_features=3),
+    ...     ),
+    ...     et.features.FanInConcat(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.FanOut(2),
+    ...     et.Parallel(et.Dense(1), et.Dense(3, W_std=2.0)),
+    ...     et.FanInConcat(),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     axis: int = eqx.field(static=True)

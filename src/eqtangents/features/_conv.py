@@ -162,12 +162,25 @@ class Conv(AbstractFeatureLayer):
 
     **Example:**
 
-    ```python
-    fmodel = et.features.Serial(
-        et.features.Conv((3, 3), padding="SAME"), et.features.Relu(),
-        et.features.AvgPool(2), et.features.Flatten(), et.features.Dense(),
-    ).init(key, x_train.shape[1:])
-    f_train = fmodel(et.features.Features.from_inputs(x_train))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))   # (N, C, H, W)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Conv((3, 3), padding="SAME", b_std=0.1),
+    ...     et.features.Relu(method="exact"),
+    ...     et.features.AvgPool(2),
+    ...     et.features.Flatten(),
+    ...     et.features.Dense(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Conv(1, (3, 3), padding="SAME", b_std=0.1),
+    ...     et.Relu(),
+    ...     et.AvgPool(2),
+    ...     et.Flatten(),
+    ...     et.Dense(1),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
     ```
     """
 

@@ -43,6 +43,18 @@ def embed(
       terminal and there is more than one batch.
 
     **Returns:** the `Features` of all `N` inputs.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(et.features.Dense(), et.features.Relu(
+    ...     nngp_dim=64, sketch_dim=64)).init(jax.random.key(1), x.shape[1:])
+    >>> f = et.features.embed(fmodel, np.asarray(x), batch_size=2)   # 2 at a time
+    >>> whole = fmodel(et.features.Features.from_inputs(x))          # all at once
+    >>> bool(jnp.allclose(f.ntk_feat, whole.ntk_feat, atol=1e-6))
+    True
+    ```
     """
     if not isinstance(fmodel, AbstractFeatureLayer):
         raise ValueError(

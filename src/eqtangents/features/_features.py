@@ -44,6 +44,16 @@ class FeatureShape(NamedTuple):
       `Dense`, needed by the standard parameterization), or `None` if unknown.
     - `spatial`: the spatial shape of the network there, `()` for flat
       features.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(et.features.Dense(b_std=0.1), et.features.Relu(
+    ...     nngp_dim=256, sketch_dim=128))
+    >>> fmodel.output_shape((4,))
+    FeatureShape(nngp=256, ntk=128, width=None, spatial=())
+    ```
     """
 
     nngp: int | None
@@ -68,6 +78,18 @@ class Features(eqx.Module):
       where the NTK is zero).
     - `pattern`: the graph adjacency of each example, `(N, V, V)`, read by
       `features.Aggregate`; `None` without graphs.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))   # (N, C, H, W)
+    >>> f = et.features.Features.from_inputs(x)          # features last
+    >>> f.nngp_feat.shape, f.ntk_feat.shape
+    ((2, 6, 6, 3), (2, 6, 6, 0))
+    >>> nngp = et.features.kernel(f, get="nngp")  # <phi[n1, s], phi[n2, s']>
+    >>> bool(jnp.allclose(nngp, et.Identity().kernel(x, None, "nngp")))
+    True
+    ```
     """
 
     nngp_feat: Float[Array, "n *spatial d_nngp"]
@@ -141,6 +163,19 @@ def kernel(f1: Features, f2: Features | None = None, get: Get = None):
 
     **Returns:** one array for a string, else a named tuple `(nngp, ntk)` (in the
     order asked for). Only the kernels asked for are computed.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> f = et.features.Dense(b_std=0.1)(et.features.Features.from_inputs(x))
+    >>> nngp = et.features.kernel(f, get="nngp")
+    >>> bool(jnp.allclose(nngp, f.nngp_feat @ f.nngp_feat.T))
+    True
+    >>> ntk, nngp = et.features.kernel(f, f, get=("ntk", "nngp"))   # in the order asked
+    >>> ntk.shape
+    (3, 3)
+    ```
     """
     f2 = f1 if f2 is None else f2
     names, _ = parse_get(get)
@@ -168,6 +203,19 @@ class AbstractFeatureLayer(eqx.Module):
     its random projections drawn) and `output_shape(input_shape)`. Input shapes
     are `FeatureShape`s, or at the start of a network the per-example shape
     `(C, *spatial)` of its inputs.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> layer = et.features.Relu(nngp_dim=64, sketch_dim=32)
+    >>> isinstance(layer, et.features.AbstractFeatureLayer)
+    True
+    >>> ready = layer.init(jax.random.key(1), et.features.Dense().output_shape((4,)))
+    >>> f = et.features.Dense()(et.features.Features.from_inputs(x))
+    >>> ready(f).nngp_feat.shape, ready(f).ntk_feat.shape
+    ((3, 64), (3, 32))
+    ```
     """
 
     @abc.abstractmethod
@@ -231,6 +279,21 @@ class Dense(AbstractFeatureLayer):
       `Dense` uses the standard parameterization (its fan-in).
     - `fan_in`: the width of the layer's inputs, used by the standard
       parameterization; `init` sets it from the input shape.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Dense(W_std=1.5, b_std=0.1),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Dense(1, W_std=1.5, b_std=0.1),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     W_std: Float[Array, ""] | float
@@ -307,6 +370,25 @@ class Serial(AbstractFeatureLayer):
     **Arguments:**
 
     - `*layers`: the feature layers, first to last.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Dense(),
+    ...     et.features.Relu(method="exact"),
+    ...     et.features.Dense(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Dense(1),
+    ...     et.Relu(),
+    ...     et.Dense(1),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     layers: tuple[AbstractFeatureLayer, ...]

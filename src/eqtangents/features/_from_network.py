@@ -86,12 +86,18 @@ def from_network(
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Dense(512, 1.5, 0.05), et.Relu(), et.Dense(1, 1.5))
-    fmodel = et.features.from_network(
-        model, feature_dim=2048, per_layer={1: dict(sketch_dim=4096)}
-    ).init(key, x_train.shape[1:])
-    f_train = fmodel(et.features.Features.from_inputs(x_train))
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> model = et.Serial(et.Dense(512, 1.5, 0.05), et.Relu(), et.Dense(1, 1.5))
+    >>> fmodel = et.features.from_network(model, feature_dim=4096).init(
+    ...     jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = model.kernel(x, None)
+    >>> float(jnp.max(jnp.abs(ntk - k.ntk)) / jnp.max(k.ntk)) < 0.05
+    True
+    >>> layers = et.features.from_network(model, per_layer={1: dict(method="exact")})
+    >>> type(layers.layers[1]).__name__
+    'Relu'
     ```
     """
     if not isinstance(model, AbstractLayer):

@@ -40,6 +40,21 @@ class Aggregate(AbstractFeatureLayer):
       `et.Aggregate`); `None` for all spatial axes. Other spatial axes are
       processed independently.
     - `implementation`: `"dense"` (the only one supported).
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 5))      # (N, C, vertices)
+    >>> a = jnp.broadcast_to(jnp.eye(5) + jnp.eye(5, k=1), (2, 5, 5))   # a path graph
+    >>> fmodel = et.features.Serial(et.features.Conv((1,)), et.features.Aggregate(),
+    ...                             et.features.GlobalAvgPool())
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> f = fmodel(et.features.Features.from_inputs(x, pattern=a))
+    >>> k = et.Serial(et.Conv(1, (1,)), et.Aggregate(), et.GlobalAvgPool())
+    >>> exact = k.kernel(x, None, "ntk", pattern=(a, None))
+    >>> bool(jnp.allclose(et.features.kernel(f, get="ntk"), exact))
+    True
+    ```
     """
 
     aggregate_axis: tuple[int, ...] | None = eqx.field(static=True)

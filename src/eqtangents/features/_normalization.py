@@ -38,6 +38,25 @@ class LayerNorm(AbstractFeatureLayer):
       first; must include the channel axis 0 (`axis=(0, 1, 2)` normalises over
       the channels and both axes of an image).
     - `eps`: added to the variance.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Dense(b_std=0.3),
+    ...     et.features.LayerNorm(),
+    ...     et.features.Dense(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Dense(1, b_std=0.3),
+    ...     et.LayerNorm(),
+    ...     et.Dense(1),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     axis: int | tuple[int, ...] = eqx.field(static=True)

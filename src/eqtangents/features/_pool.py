@@ -61,6 +61,25 @@ class AvgPool(AbstractFeatureLayer):
     - `padding`: `"VALID"`, `"SAME"` or `"CIRCULAR"`.
     - `normalize_edges`: divide by the number of taps inside the input instead
       of the window size.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))   # (N, C, H, W)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Conv((3, 3)),
+    ...     et.features.AvgPool((2, 2), stride=(2, 2)),
+    ...     et.features.Flatten(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Conv(1, (3, 3)),
+    ...     et.AvgPool((2, 2), stride=(2, 2)),
+    ...     et.Flatten(),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     kernel_size: int | tuple[int, ...] = eqx.field(static=True)
@@ -112,6 +131,25 @@ class GlobalAvgPool(AbstractFeatureLayer):
     r"""Features of the average over all positions (mirrors `et.GlobalAvgPool`;
     exact): $\Phi' = \frac{1}{|S|}\sum_p \Phi[p]$, so that $\Phi'_1\Phi_2'^\top =
     \frac{1}{|S|^2}\sum_{p, p'} K[p, p']$, and likewise $\Psi'$. On flat
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))   # (N, C, H, W)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Conv((3, 3), padding="CIRCULAR"),
+    ...     et.features.GlobalAvgPool(),
+    ...     et.features.Dense(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Conv(1, (3, 3), padding="CIRCULAR"),
+    ...     et.GlobalAvgPool(),
+    ...     et.Dense(1),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     features it does nothing, as `et.GlobalAvgPool` on flat inputs."""
 
     def output_shape(self, input_shape) -> FeatureShape:
@@ -148,6 +186,25 @@ class Flatten(AbstractFeatureLayer):
 
     - `sketch_dim`: width of the NNGP and NTK features after the layer, or
       `None` for the exact, concatenated features.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))   # (N, C, H, W)
+    >>> fmodel = et.features.Serial(
+    ...     et.features.Conv((3, 3)),
+    ...     et.features.Flatten(),
+    ...     et.features.Dense(),
+    ... ).init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(
+    ...     et.Conv(1, (3, 3)),
+    ...     et.Flatten(),
+    ...     et.Dense(1),
+    ... ).kernel(x, None)                                 # the same, exactly
+    >>> bool(jnp.allclose(nngp, k.nngp)), bool(jnp.allclose(ntk, k.ntk))
+    (True, True)
+    ```
     """
 
     sketch_dim: int | None = eqx.field(static=True)

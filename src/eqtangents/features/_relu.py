@@ -72,8 +72,24 @@ class Relu(_AbstractABRelu):
 
     **Example:**
 
-    ```python
-    relu = et.features.Relu(nngp_dim=4096, sketch_dim=4096)
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.Relu())
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> def errors(method):
+    ...     act = et.features.Relu(method, nngp_dim=4096, sketch_dim=4096)
+    ...     fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    ...     fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    ...     f = fmodel(et.features.Features.from_inputs(x))
+    ...     nngp, ntk = et.features.kernel(f)
+    ...     pairs = ((nngp, k.nngp), (ntk, k.ntk))
+    ...     return [round(relative_error(a, b), 2) for a, b in pairs]
+    >>> errors("poly_sketch")  # the step's Hermite series is slow: NTK biased
+    [0.01, 0.1]
+    >>> errors("combined")  # random features for the step instead
+    [0.01, 0.02]
     ```
     """
 
@@ -95,6 +111,22 @@ class Relu(_AbstractABRelu):
 class ABRelu(_AbstractABRelu):
     r"""Features of $\sigma(x) = a x$ ($x < 0$), $b x$ ($x \ge 0$) (mirrors
     `et.ABRelu`): $\sigma = a x + (b - a)\,\mathrm{ReLU}(x)$. Arguments `a`, `b`,
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.ABRelu(-0.5, 1.0, "combined", nngp_dim=4096, sketch_dim=4096)
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.ABRelu(-0.5, 1.0))
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.05, relative_error(ntk, k.ntk) < 0.05
+    (True, True)
+    ```
     then those of `AbstractActivationFeatures`."""
 
     a: float = eqx.field(static=True)
@@ -121,6 +153,22 @@ class ABRelu(_AbstractABRelu):
 class LeakyRelu(_AbstractABRelu):
     r"""Features of $\sigma(x) = \alpha x$ ($x < 0$), $x$ ($x \ge 0$) (mirrors
     `et.LeakyRelu`). Arguments `alpha`, then those of
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.LeakyRelu(0.1, "combined", nngp_dim=4096, sketch_dim=4096)
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.LeakyRelu(0.1))
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.05, relative_error(ntk, k.ntk) < 0.05
+    (True, True)
+    ```
     `AbstractActivationFeatures`."""
 
     alpha: float = eqx.field(static=True)
@@ -142,6 +190,22 @@ class LeakyRelu(_AbstractABRelu):
 class Abs(_AbstractABRelu):
     r"""Features of $\sigma(x) = |x|$ (mirrors `et.Abs`): $a = -1$, $b = 1$, so
     only the even degrees of $\sigma$ and the odd ones of $\sigma' =
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (3, 4)) / 2     # (N, C)
+    >>> act = et.features.Abs("combined", nngp_dim=4096, sketch_dim=4096)
+    >>> fmodel = et.features.Serial(et.features.Dense(W_std=1.5, b_std=0.1), act)
+    >>> fmodel = fmodel.init(jax.random.key(1), x.shape[1:])
+    >>> nngp, ntk = et.features.kernel(fmodel(et.features.Features.from_inputs(x)))
+    >>> k = et.Serial(et.Dense(1, W_std=1.5, b_std=0.1), et.Abs())
+    >>> k = k.kernel(x, None)
+    >>> def relative_error(a, b):
+    ...     return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    >>> relative_error(nngp, k.nngp) < 0.1, relative_error(ntk, k.ntk) < 0.1
+    (True, True)
+    ```
     \mathrm{sign}$ remain. Arguments as `AbstractActivationFeatures`."""
 
     config: Config = eqx.field(static=True)

@@ -29,6 +29,15 @@ def fwht(x: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
     $H_{2n} = \begin{pmatrix} H_n & H_n \\ H_n & -H_n \end{pmatrix}$, with entries
     $\pm 1$ and $H_d H_d^\top = d I$ (as `scipy.linalg.hadamard`). It costs
     $O(d \log d)$: one butterfly per bit of the index. `d` must be a power of two.
+
+    **Example:**
+
+    ```pycon
+    >>> from scipy.linalg import hadamard
+    >>> x = jax.random.normal(jax.random.key(0), (3, 8))
+    >>> bool(jnp.allclose(et.features.fwht(x), x @ hadamard(8)))
+    True
+    ```
     """
     d = x.shape[-1]
     if d & (d - 1):
@@ -81,6 +90,20 @@ class GaussianSketch(eqx.Module):
 
     - `in_dim`, `out_dim`: the input dimension $d$ and sketch dimension $m$.
     - `key`: the randomness of the sketch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 100))
+    >>> def inner(key):                                  # <S x_0, S x_1>, one sketch
+    ...     sx = et.features.GaussianSketch(100, 16, key=key)(x)
+    ...     return sx[0] @ sx[1]
+    >>> draws = jax.vmap(inner)(jax.random.split(jax.random.key(1), 2000))
+    >>> target = x[0] @ x[1]
+    >>> error = jnp.abs(draws.mean() - target)  # unbiased: within 4 standard errors
+    >>> bool(error < 4 * draws.std() / jnp.sqrt(2000.0))
+    True
+    ```
     """
 
     matrix: Float[Array, "m d"]
@@ -111,6 +134,20 @@ class SRHT(eqx.Module):
     - `in_dim`, `out_dim`: the input dimension $d$ and sketch dimension
       $m \le D$.
     - `key`: the randomness of the sketch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 100))
+    >>> def inner(key):                                  # <S x_0, S x_1>, one sketch
+    ...     sx = et.features.SRHT(100, 16, key=key)(x)
+    ...     return sx[0] @ sx[1]
+    >>> draws = jax.vmap(inner)(jax.random.split(jax.random.key(1), 2000))
+    >>> target = x[0] @ x[1]
+    >>> error = jnp.abs(draws.mean() - target)  # unbiased: within 4 standard errors
+    >>> bool(error < 4 * draws.std() / jnp.sqrt(2000.0))
+    True
+    ```
     """
 
     signs: Float[Array, " D"]
@@ -149,6 +186,20 @@ class CountSketch(eqx.Module):
 
     - `in_dim`, `out_dim`: the input dimension $d$ and number of buckets $m$.
     - `key`: the randomness of the sketch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 100))
+    >>> def inner(key):                                  # <S x_0, S x_1>, one sketch
+    ...     sx = et.features.CountSketch(100, 16, key=key)(x)
+    ...     return sx[0] @ sx[1]
+    >>> draws = jax.vmap(inner)(jax.random.split(jax.random.key(1), 2000))
+    >>> target = x[0] @ x[1]
+    >>> error = jnp.abs(draws.mean() - target)  # unbiased: within 4 standard errors
+    >>> bool(error < 4 * draws.std() / jnp.sqrt(2000.0))
+    True
+    ```
     """
 
     buckets: Int[Array, " d"]
@@ -189,6 +240,21 @@ class TensorSRHT(eqx.Module):
     - `in_dim1`, `in_dim2`: the dimensions of $x$ and $y$.
     - `out_dim`: the sketch dimension $m$ (any positive size).
     - `key`: the randomness of the sketch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 100))
+    >>> def inner(key):                                  # <S x_0, S x_1>, one sketch
+    ...     sketch = et.features.TensorSRHT(100, 100, 16, key=key)
+    ...     sx = sketch(x, x[::-1])  # x_0 (x) x_1 and x_1 (x) x_0
+    ...     return sx[0] @ sx[1]
+    >>> draws = jax.vmap(inner)(jax.random.split(jax.random.key(1), 2000))
+    >>> target = (x[0] @ x[1]) ** 2
+    >>> error = jnp.abs(draws.mean() - target)  # unbiased: within 4 standard errors
+    >>> bool(error < 4 * draws.std() / jnp.sqrt(2000.0))
+    True
+    ```
     """
 
     signs1: Float[Array, " D1"]
@@ -244,6 +310,20 @@ class PolySketch(eqx.Module):
     - `degree`: the power $p \ge 1$ (for $p = 1$ the tree is one `TensorSRHT`
       of $x$ with $(1)$).
     - `key`: the randomness of the sketch.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jax.random.normal(jax.random.key(0), (2, 100))
+    >>> def inner(key):                                  # <S x_0, S x_1>, one sketch
+    ...     sx = et.features.PolySketch(100, 16, degree=3, key=key)(x / 10)
+    ...     return sx[0] @ sx[1]
+    >>> draws = jax.vmap(inner)(jax.random.split(jax.random.key(1), 2000))
+    >>> target = (x[0] @ x[1] / 100) ** 3
+    >>> error = jnp.abs(draws.mean() - target)  # unbiased: within 4 standard errors
+    >>> bool(error < 4 * draws.std() / jnp.sqrt(2000.0))
+    True
+    ```
     """
 
     levels: tuple[tuple[TensorSRHT, ...], ...]

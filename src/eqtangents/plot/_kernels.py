@@ -47,9 +47,12 @@ def kernel_heatmap(
 
     **Example:**
 
-    ```python
-    ax = et.plot.kernel_heatmap(model.kernel(x, None, get="ntk"), title="NTK")
-    ax.figure.savefig("ntk.png")
+    ```pycon
+    >>> x = jnp.linspace(-1.0, 1.0, 20)[:, None]
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ax = et.plot.kernel_heatmap(model.kernel(x, None, "ntk"), title="NTK")
+    >>> ax.get_title(), ax.images[0].get_array().shape
+    ('NTK', (20, 20))
     ```
     """
     k = _matrix(k, "kernel_heatmap")
@@ -89,6 +92,18 @@ def eigenvalue_spectrum(
     **Returns:**
 
     The axes.
+
+    **Example:**
+
+    ```pycon
+    >>> x = jnp.linspace(-1.0, 1.0, 20)[:, None]
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk = model.kernel(x, None, "ntk")
+    >>> ax = et.plot.eigenvalue_spectrum(ntk, label="NTK")
+    >>> ranks, values = ax.lines[0].get_data()
+    >>> float(values[0]), bool(np.all(np.diff(values) <= 0))   # normalized, descending
+    (1.0, True)
+    ```
     """
     k = _matrix(k, "eigenvalue_spectrum", square=True)
     if not np.allclose(k, k.T, rtol=1e-5, atol=1e-6 * np.abs(k).max()):

@@ -40,9 +40,17 @@ def prediction_bands(
 
     **Example:**
 
-    ```python
-    mean, cov = predictor(None, x_test, "ntk", compute_cov=True)
-    et.plot.prediction_bands(x_test[:, 0], mean, cov, label="NTK")
+    ```pycon
+    >>> x = jnp.linspace(-1.0, 1.0, 20)[:, None]
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> x_train, y_train = x[::4], jnp.sin(3 * x[::4])
+    >>> predictor = et.predict.gradient_descent_mse_ensemble(
+    ...     model.kernel, x_train, y_train, diag_reg=1e-4
+    ... )
+    >>> mean, cov = predictor(None, x, "ntk", compute_cov=True)
+    >>> ax = et.plot.prediction_bands(x[:, 0], mean, cov, label="NTK")
+    >>> len(ax.lines), len(ax.collections)                     # the mean, the band
+    (1, 1)
     ```
     """
     x = np.asarray(x)
@@ -121,11 +129,18 @@ def loss_curves(
 
     **Example:**
 
-    ```python
-    ts = jnp.logspace(-1, 4, 50)
-    predictor = et.predict.gradient_descent_mse(k_train_train, y_train)
-    f_train, f_test = predictor(ts, 0.0, 0.0, k_test_train)
-    et.plot.loss_curves(ts, f_train, y_train, f_test, y_test)
+    ```pycon
+    >>> x = jnp.linspace(-1.0, 1.0, 20)[:, None]
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> x_train, y_train = x[::2], jnp.sin(3 * x[::2])
+    >>> x_test, y_test = x[1::2], jnp.sin(3 * x[1::2])
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> predictor = et.predict.gradient_descent_mse(ntk_train, y_train)
+    >>> ts = jnp.logspace(-1, 4, 50)
+    >>> f_train, f_test = predictor(ts, 0.0, 0.0, model.kernel(x_test, x_train, "ntk"))
+    >>> ax = et.plot.loss_curves(ts, f_train, y_train, f_test, y_test)
+    >>> [line.get_label() for line in ax.lines]
+    ['train', 'test']
     ```
     """
     t = np.asarray(t)

@@ -79,6 +79,23 @@ class MSEEnsemblePredictor(eqx.Module):
     - `nngp_train_train`: the 2-D NNGP train-train kernel (for covariances).
     - `kernel_kwargs`: keyword arguments passed to every `kernel_fn` call.
     - `layout`: the output layout (`trace_axes`).
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> predictor = et.predict.gradient_descent_mse_ensemble(
+    ...     model.kernel, x_train, y_train, get="nngp", diag_reg=1e-4
+    ... )
+    >>> type(predictor).__name__, sorted(predictor.factorizations)
+    ('MSEEnsemblePredictor', ['nngp'])
+    >>> ts = jnp.array([1.0, 10.0, 100.0])
+    >>> predictor(ts, x_test, "nngp", compute_cov=True).covariance.shape  # (t, M, M)
+    (3, 2, 2)
+    ```
     """
 
     kernel_fn: Callable
@@ -350,10 +367,20 @@ def gradient_descent_mse_ensemble(
 
     **Example:**
 
-    ```python
-    model = et.Serial(et.Dense(512), et.Relu(), et.Dense(1))
-    predictor = et.predict.gradient_descent_mse_ensemble(model.kernel, x, y)
-    mean, cov = predictor(None, x_test, "ntk", compute_cov=True)
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ensemble = et.predict.gradient_descent_mse_ensemble
+    >>> predictor = ensemble(model.kernel, x_train, y_train)
+    >>> mean, cov = predictor(None, x_test, "ntk", compute_cov=True)      # t = inf
+    >>> mean.shape, cov.shape
+    ((2, 1), (2, 2))
+    >>> prior = predictor(0.0, x_test, "nngp", compute_cov=True)  # before training
+    >>> bool(jnp.allclose(prior.mean, 0.0)), bool(jnp.allclose(prior.covariance,
+    ...                                             model.kernel(x_test, None, "nngp")))
+    (True, True)
     ```
     """
     y = jnp.asarray(y_train)

@@ -31,7 +31,29 @@ _SINGULAR = (
 
 
 class AbstractFactorization(eqx.Module):
-    r"""A factorized regularized kernel $A = K + \lambda I$ (`shift` is $\lambda$)."""
+    r"""A factorized regularized kernel $A = K + \lambda I$ (`shift` is $\lambda$).
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> for solver in ("eigh", "cholesky", "cg"):
+    ...     mse = et.predict.gradient_descent_mse
+    ...     p = mse(ntk_train, y_train, diag_reg=1e-3, solver=solver)
+    ...     f = p.factorization
+    ...     a = ntk_train + f.shift * jnp.eye(6)             # A = K + lambda I
+    ...     print(type(f).__name__, isinstance(f, et.predict.AbstractFactorization),
+    ...           bool(jnp.allclose(f.solve(y_train), jnp.linalg.solve(a, y_train))))
+    EighFactorization True True
+    CholeskyFactorization True True
+    IterativeFactorization True True
+    ```
+    """
 
     @abc.abstractmethod
     def solve(self, b: Float[Array, "p k"]) -> Float[Array, "p k"]:
@@ -53,6 +75,23 @@ class EighFactorization(AbstractFactorization):
     - `eigenvalues`: $e$, ascending, of the unregularized kernel.
     - `eigenvectors`: $V$, columns orthonormal.
     - `shift`: the absolute diagonal regularizer $\lambda$.
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> f = et.predict.gradient_descent_mse(ntk_train, y_train).factorization
+    >>> e, v = f.eigenvalues, f.eigenvectors
+    >>> bool(jnp.allclose(v @ jnp.diag(e) @ v.T, ntk_train))
+    True
+    >>> bool(jnp.all(e[:-1] <= e[1:]))                         # ascending
+    True
+    ```
     """
 
     eigenvalues: Float[Array, " p"]
@@ -96,6 +135,21 @@ class CholeskyFactorization(AbstractFactorization):
 
     - `lower`: $L$.
     - `shift`: the absolute diagonal regularizer $\lambda$ included in $L$.
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> f = et.predict.gradient_descent_mse(ntk_train, y_train, diag_reg=1e-4,
+    ...                                     solver="cholesky").factorization
+    >>> bool(jnp.allclose(f.lower @ f.lower.T, ntk_train + f.shift * jnp.eye(6)))
+    True
+    ```
     """
 
     lower: Float[Array, "p p"]
@@ -122,6 +176,25 @@ class IterativeFactorization(AbstractFactorization):
     - `matrix`: the unregularized kernel $K$.
     - `shift`: $\lambda$.
     - `solver`: a `lineax` solver for symmetric positive definite operators.
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> mse = et.predict.gradient_descent_mse
+    >>> p = mse(ntk_train, y_train, diag_reg=1e-3, solver="cg")
+    >>> type(p.factorization).__name__
+    'IterativeFactorization'
+    >>> exact = et.predict.gradient_descent_mse(ntk_train, y_train, diag_reg=1e-3)
+    >>> bool(jnp.allclose(p(None, None, 0.0, ntk_test_train),
+    ...                   exact(None, None, 0.0, ntk_test_train), atol=1e-5))
+    True
+    ```
     """
 
     matrix: Float[Array, "p p"]

@@ -35,6 +35,21 @@ class FeatureMSEPredictor(eqx.Module):
     - `shift`: the regularizer $\lambda$ (absolute).
     - `learning_rate`: $\eta$.
     - `n_outputs`: $n$ = `y_train.size`, the normalization of the loss.
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> phi = jax.random.normal(jax.random.key(0), (6, 20))
+    >>> predictor = et.predict.gradient_descent_mse_features(phi, y_train)
+    >>> type(predictor).__name__, predictor.eigenvalues.shape  # G = phi^T phi, d x d
+    ('FeatureMSEPredictor', (20,))
+    >>> bool(jnp.allclose(predictor(jnp.inf, phi), y_train, atol=1e-4))   # interpolates
+    True
+    ```
     """
 
     eigenvalues: Float[Array, " d"]
@@ -161,13 +176,20 @@ def gradient_descent_mse_features(
 
     **Example:**
 
-    ```python
-    fmodel = et.features.from_network(model).init(key, x_train.shape[1:])
-    f_train = et.features.embed(fmodel, x_train)
-    f_test = et.features.embed(fmodel, x_test)
-    predictor = et.predict.gradient_descent_mse_features(
-        f_train.ntk_feat, y_train, diag_reg=1e-4)
-    y_test = predictor(None, f_test.ntk_feat)      # t = infinity
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> phi = jax.random.normal(jax.random.key(0), (6, 20))           # train features
+    >>> phi_test = jax.random.normal(jax.random.key(1), (2, 20))
+    >>> features_mse = et.predict.gradient_descent_mse_features
+    >>> by_features = features_mse(phi, y_train, diag_reg=1e-3)
+    >>> by_kernel = et.predict.gradient_descent_mse(phi @ phi.T, y_train, diag_reg=1e-3)
+    >>> ts = jnp.array([1.0, jnp.inf])
+    >>> f_test = by_features(ts, phi_test)
+    >>> bool(jnp.allclose(f_test, by_kernel(ts, None, 0.0, phi_test @ phi.T)))
+    True
     ```
     """
     phi = jnp.asarray(train_features)

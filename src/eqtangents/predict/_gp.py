@@ -65,10 +65,15 @@ def posterior_covariance(
 
 
 class GPInference(eqx.Module):
-    """Posteriors of NNGP, NTK and NTKGP from factorized train-train kernels.
+    r"""Posteriors of NNGP, NTK and NTKGP from factorized train-train kernels.
 
     Returned by `gp_inference`; call it as
-    `predictor(get, k_test_train, k_test_test)` (NT's `predict_fn`).
+    `predictor(get, k_test_train, k_test_test)` (NT's `predict_fn`). With
+    $A = K_{tt} + \lambda I$ the Gaussian posterior is
+
+    $$\mu_* = K_{*t} A^{-1} y, \qquad \Sigma_* = K_{**} - K_{*t} A^{-1} K_{t*},$$
+
+    with $K$ the NNGP or the NTK (`get`).
 
     **Fields:**
 
@@ -79,6 +84,22 @@ class GPInference(eqx.Module):
     - `y_train`: the targets.
     - `train_kernel_shape`: shape of the train-train kernel(s).
     - `layout`: the output layout (`trace_axes`).
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> k_train = model.kernel(x_train, None, ("nngp", "ntk"))
+    >>> gp = et.predict.gp_inference(k_train, y_train, diag_reg=1e-6)
+    >>> type(gp).__name__, sorted(gp.factorizations)
+    ('GPInference', ['nngp', 'ntk'])
+    >>> nngp, ntk = gp(("nngp", "ntk"), k_train)              # on the training set
+    >>> bool(jnp.allclose(ntk, y_train, atol=1e-3))   # means only, without k_test_test
+    True
+    ```
     """
 
     factorizations: dict[str, AbstractFactorization]
@@ -244,12 +265,25 @@ def gp_inference(
 
     **Example:**
 
-    ```python
-    k_train = model.kernel(x_train, None, ("nngp", "ntk"))
-    gp = et.predict.gp_inference(k_train, y_train, diag_reg=1e-4)
-    nngp, ntk = gp(("nngp", "ntk"), model.kernel(x_test, x_train, ("nngp", "ntk")),
-                   model.kernel(x_test, None, ("nngp", "ntk")))
-    mean, cov = ntk
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> k_train = model.kernel(x_train, None, ("nngp", "ntk"))
+    >>> gp = et.predict.gp_inference(k_train, y_train, diag_reg=1e-6)
+    >>> k_test_train = model.kernel(x_test, x_train, ("nngp", "ntk"))
+    >>> k_test = model.kernel(x_test, None, ("nngp", "ntk"))
+    >>> mean, cov = gp("nngp", k_test_train, k_test)          # a Gaussian posterior
+    >>> mean.shape, cov.shape
+    ((2, 1), (2, 2))
+    >>> lam = 1e-6 * jnp.trace(k_train.nngp) / 6              # diag_reg, relative
+    >>> a = k_train.nngp + lam * jnp.eye(6)
+    >>> bool(jnp.allclose(mean, k_test_train.nngp @ jnp.linalg.solve(a, y_train)))
+    True
+    >>> bool(jnp.allclose(cov, k_test.nngp - k_test_train.nngp
+    ...                   @ jnp.linalg.solve(a, k_test_train.nngp.T)))
+    True
     ```
     """
     y = jnp.asarray(y_train)

@@ -39,8 +39,18 @@ def max_learning_rate(
 
     **Example:**
 
-    ```python
-    lr = 0.5 * et.predict.max_learning_rate(ntk_train, y_train.size)
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> lr = et.predict.max_learning_rate(ntk_train, y_train.size)
+    >>> bool(jnp.isclose(lr, 2 * y_train.size / jnp.linalg.eigvalsh(ntk_train)[-1]))
+    True
+    >>> mse = et.predict.gradient_descent_mse
+    >>> predictor = mse(ntk_train, y_train, learning_rate=0.5 * lr)
     ```
     """
     k = zipped_to_2d(jnp.asarray(ntk_train_train))

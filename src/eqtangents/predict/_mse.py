@@ -78,6 +78,24 @@ class MSEPredictor(eqx.Module):
     - `y_train`: the targets.
     - `learning_rate`: $\eta$; times are measured in units of $1/\eta$.
     - `layout`: the output layout (`trace_axes`).
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> mse = et.predict.gradient_descent_mse
+    >>> predictor = mse(ntk_train, y_train, solver="cholesky")
+    >>> type(predictor).__name__, type(predictor.factorization).__name__
+    ('MSEPredictor', 'CholeskyFactorization')
+    >>> f_test = predictor(None, None, 0.0, ntk_test_train)    # t = inf, test set only
+    >>> f_test.shape
+    (2, 1)
+    ```
     """
 
     factorization: AbstractFactorization
@@ -242,10 +260,23 @@ def gradient_descent_mse(
 
     **Example:**
 
-    ```python
-    predictor = et.predict.gradient_descent_mse(ntk_train, y_train, diag_reg=1e-4)
-    fx_train_t, fx_test_t = predictor(jnp.array([1.0, 10.0]), fx_train_0,
-                                      fx_test_0, ntk_test_train)
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> predictor = et.predict.gradient_descent_mse(ntk_train, y_train)
+    >>> ts = jnp.array([0.0, 10.0, jnp.inf])
+    >>> f_train, f_test = predictor(ts, 0.0, 0.0, ntk_test_train)   # from f_0 = 0
+    >>> f_train.shape, f_test.shape                           # (times, N, outputs)
+    ((3, 6, 1), (3, 2, 1))
+    >>> decay = jax.scipy.linalg.expm(-10.0 * ntk_train / y_train.size)
+    >>> bool(jnp.allclose(f_train[1], y_train - decay @ y_train))  # (I - e^{-tK/n}) y
+    True
+    >>> bool(jnp.allclose(f_train[-1], y_train, atol=1e-4))   # t = inf interpolates
+    True
     ```
     """
     k = as_kernel(k_train_train)

@@ -42,6 +42,27 @@ class ODEState(eqx.Module):
     - `fx_train`, `fx_test`: outputs on the training and test sets.
     - `qx_train`, `qx_test`: momentum variables ($\\dot f$ in the units of the
       momentum ODE), `None` without momentum.
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> mse = lambda fx, y: 0.5 * jnp.mean((fx - y) ** 2)
+    >>> predictor = et.predict.gradient_descent(mse, ntk_train, y_train, momentum=0.9)
+    >>> start = et.predict.ODEState(jnp.zeros((6, 1)), jnp.zeros((2, 1)))
+    >>> half = predictor(1.0, start, None, ntk_test_train)  # a state in, a state out
+    >>> type(half).__name__
+    'ODEState'
+    >>> resumed = predictor(1.0, half, None, ntk_test_train)       # train 1 + 1 ...
+    >>> direct = predictor(2.0, start, None, ntk_test_train)       # ... or 2 at once
+    >>> bool(jnp.allclose(resumed.fx_test, direct.fx_test, atol=1e-4))
+    True
+    ```
     """
 
     fx_train: Float[Array, "..."] | None = eqx.field(
@@ -94,7 +115,14 @@ class GradientDescentPredictor(eqx.Module):
     r"""Function-space gradient descent [with momentum] on a loss, solved as an ODE.
 
     Returned by `gradient_descent`; call it as
-    `predictor(t, fx_train_or_state_0, fx_test_0, k_test_train)`.
+    `predictor(t, fx_train_or_state_0, fx_test_0, k_test_train)`. It
+    integrates the function-space flow of gradient descent with kernel
+    $\Theta$,
+
+    $$\dot f_{\text{train}} = -\eta\, \Theta_{tt}\, \nabla_f L, \qquad
+      \dot f_{\text{test}} = -\eta\, \Theta_{*t}\, \nabla_f L,$$
+
+    (with momentum, a second-order system) by an adaptive `diffrax` solver.
 
     **Fields:**
 
@@ -106,6 +134,25 @@ class GradientDescentPredictor(eqx.Module):
     - `solver`, `rtol`, `atol`, `max_steps`: the `diffrax` solver and its
       adaptive step-size tolerances.
     - `layout`: the output layout (`trace_axes`).
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> mse = lambda fx, y: 0.5 * jnp.mean((fx - y) ** 2)
+    >>> predictor = et.predict.gradient_descent(mse, ntk_train, y_train)
+    >>> type(predictor).__name__
+    'GradientDescentPredictor'
+    >>> f_train, f_test = predictor(jnp.array([1.0, 2.0]), jnp.zeros((6, 1)),
+    ...                             jnp.zeros((2, 1)), ntk_test_train)
+    >>> f_train.shape                                          # (times, N, outputs)
+    (2, 6, 1)
+    ```
     """
 
     loss: Callable
@@ -325,12 +372,21 @@ def gradient_descent(
 
     **Example:**
 
-    ```python
-    def xent(fx, y):
-        return -jnp.mean(jnp.sum(jax.nn.log_softmax(fx) * y, axis=-1))
-
-    predictor = et.predict.gradient_descent(xent, ntk_train, y_train, 1.0, 0.9)
-    fx_train_t, fx_test_t = predictor(10.0, fx_train_0, fx_test_0, ntk_test_train)
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> ntk_train = model.kernel(x_train, None, "ntk")
+    >>> ntk_test_train = model.kernel(x_test, x_train, "ntk")
+    >>> mse = lambda fx, y: 0.5 * jnp.mean((fx - y) ** 2)
+    >>> ode = et.predict.gradient_descent(mse, ntk_train, y_train)
+    >>> f_train, f_test = ode(5.0, jnp.zeros((6, 1)), jnp.zeros((2, 1)), ntk_test_train)
+    >>> exact = et.predict.gradient_descent_mse(ntk_train, y_train)
+    >>> g_train, g_test = exact(5.0, 0.0, 0.0, ntk_test_train)       # closed form
+    >>> bool(jnp.allclose(f_test, g_test, atol=1e-4))
+    True
+    >>> heavy_ball = et.predict.gradient_descent(mse, ntk_train, y_train, momentum=0.9)
     ```
     """
     k = as_kernel(k_train_train)

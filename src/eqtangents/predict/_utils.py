@@ -27,6 +27,24 @@ class Gaussian(NamedTuple):
     - `mean`: shape of the outputs (with leading time axes where asked).
     - `covariance`: shape of the corresponding kernel, e.g. `(M, M)` for flat
       outputs (with the same leading time axes).
+
+    **Example:**
+
+    ```pycon
+    >>> x_train = jnp.linspace(-1.0, 1.0, 6)[:, None]
+    >>> y_train = jnp.sin(3 * x_train)                        # (6, 1)
+    >>> x_test = jnp.array([[0.2], [1.5]])
+    >>> model = et.Serial(et.Dense(512, b_std=0.1), et.Relu(), et.Dense(1, b_std=0.1))
+    >>> k_train = model.kernel(x_train, None, "nngp")
+    >>> gp = et.predict.gp_inference(k_train, y_train, diag_reg=1e-4)
+    >>> posterior = gp("nngp", model.kernel(x_test, x_train, "nngp"),
+    ...                model.kernel(x_test, None, "nngp"))
+    >>> type(posterior).__name__, posterior.mean.shape, posterior.covariance.shape
+    ('Gaussian', (2, 1), (2, 2))
+    >>> mean, cov = posterior                                  # it unpacks
+    >>> bool(jnp.all(jnp.diag(cov) > 0))
+    True
+    ```
     """
 
     mean: Array
