@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
+from . import _checks
 from ._kernel import Get, Kernel, kernel_from_inputs, parse_get, select
 from ._mask import from_constant
 from ._mask import propagate as propagate_masked
@@ -214,7 +215,9 @@ class AbstractLayer(eqx.Module):
                     "its fields `mask1` and `mask2`; pass `mask_constant` with the "
                     "inputs instead."
                 )
-            return select(_propagate(self, x1), get)
+            name = type(self).__name__
+            return _checks.check_finite_output(name, select(_propagate(self, x1), get))
+        name = type(self).__name__
         x1, x2 = _check_inputs(self, x1, x2)
         patterns = _check_pattern(self, pattern, _first(x1), _first(x2))
         shape = _shapes(x1)
@@ -225,9 +228,25 @@ class AbstractLayer(eqx.Module):
             mask_constant = jnp.asarray(mask_constant)
             if mask_constant.ndim != 0:
                 raise ValueError(
-                    f"{type(self).__name__}.kernel: `mask_constant` must be one "
+                    f"{name}.kernel: `mask_constant` must be one "
                     f"number, got an array of shape {mask_constant.shape}."
                 )
+        _checks.check_finite_inputs(name, "x1", x1, mask_constant)
+        if x2 is not None:
+            _checks.check_finite_inputs(name, "x2", x2, mask_constant)
+        if not isinstance(shape[0], tuple):
+            _checks.warn_if_channels_last(name, shape)
+        n1 = _first(x1).shape[0]
+        n2 = n1 if diagonal_batch or x2 is None else _first(x2).shape[0]
+        full = (
+            tuple(not d for d in diagonal)
+            if isinstance(diagonal, tuple)
+            else (not diagonal)
+        )
+        _checks.check_memory(
+            name, shape, n1, 1 if diagonal_batch else n2, full, compute_ntk,
+            _first(x1).dtype,
+        )  # fmt: skip
         if diagonal_batch:
             if x2 is not None:
                 raise ValueError(
@@ -241,7 +260,7 @@ class AbstractLayer(eqx.Module):
             k = _kernel_of_inputs(
                 self, x1, x2, patterns, diagonal, compute_ntk, mask_constant
             )
-        return select(k, get)
+        return _checks.check_finite_output(name, select(k, get))
 
 
 @eqx.filter_jit
@@ -401,6 +420,12 @@ def _check_one(name, x1, x2):
             f"{name}.kernel: `x1` has shape {x1.shape}; it needs a batch axis and "
             "a channel axis, `(N, C, *spatial)`. For one vector use `x[None]`."
         )
+    if 0 in x1.shape[1:]:
+        raise ValueError(
+            f"{name}.kernel: `x1` has per-example shape {x1.shape[1:]}, with an "
+            "empty axis; every example needs at least one channel and one "
+            "position along each spatial axis."
+        )
     if x2 is not None:
         x2 = jnp.asarray(x2, dtype=x1.dtype)
         if x2.shape[1:] != x1.shape[1:]:
@@ -472,3 +497,15 @@ def as_shape(shape: Any, layer: AbstractLayer) -> Shape:
             "Combine several branches with FanInSum, FanInProd or FanInConcat first."
         )
     return shape
+
+
+def check_input_channels(layer: AbstractLayer, x, weight) -> None:
+    """Refuse an input whose channel count differs from the drawn weights'."""
+    if x.ndim == 0 or x.shape[0] != weight.shape[1]:
+        name = type(layer).__name__
+        raise ValueError(
+            f"{name}: the weights were drawn for inputs of {weight.shape[1]} "
+            f"channels, but this input has shape {tuple(x.shape)}. Call "
+            "`model.init(key, input_shape)` with the per-example shape "
+            "`(C, *spatial)` of the data (channels first)."
+        )

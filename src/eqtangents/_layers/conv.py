@@ -11,7 +11,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._kernel import Kernel
-from .._layer import AbstractLayer, Shape, as_shape, missing_weights
+from .._layer import (
+    AbstractLayer,
+    Shape,
+    as_shape,
+    check_input_channels,
+    missing_weights,
+)
 from .._mask import center_taps
 from .._typing import Scalar
 from ._affine import check_parameterization, scale_and_shift, to_std
@@ -215,6 +221,7 @@ class Conv(AbstractLayer):
     ) -> Float[Array, "out *spatial_out"]:
         if self.weight is None:
             raise missing_weights(self)
+        check_input_channels(self, x, self.weight)
         self.output_shape(tuple(x.shape))
         windows, strides, dilations, _ = self._geometry(tuple(x.shape))
         pads = [

@@ -10,7 +10,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._kernel import Kernel
-from .._layer import AbstractLayer, Shape, as_shape, missing_weights
+from .._layer import (
+    AbstractLayer,
+    Shape,
+    as_shape,
+    check_input_channels,
+    missing_weights,
+)
 from .._typing import Scalar
 from ._affine import check_parameterization, scale_and_shift, to_std
 
@@ -129,6 +135,7 @@ class Dense(AbstractLayer):
     ) -> Float[Array, " out"]:
         if self.weight is None:
             raise missing_weights(self)
+        check_input_channels(self, x, self.weight)
         y = self.weight @ x
         if self.parameterization == "ntk":
             y = y * (self.W_std / jnp.sqrt(x.shape[0]))

@@ -26,7 +26,10 @@ _SINGULAR_RTOL = 10.0
 _SINGULAR = (
     "et.predict: k_train_train + diag_reg * I is singular (or not positive "
     "definite), so predictions at t = infinity are undefined. Pass "
-    "`diag_reg > 0` (e.g. 1e-6 relative to the mean diagonal)."
+    "`diag_reg > 0`: the kernel is usable once diag_reg > 10 eps "
+    "lambda_max / mean(diag K), which diag_reg = 10 eps N always satisfies "
+    "(N the size of the kernel; eps = 1.2e-7 in float32, 2.2e-16 in float64); "
+    "1e-6 in float64 and 1e-4 in float32 are common choices."
 )
 
 
