@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import abc
 
+import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from .._kernel import Kernel
 from .._layer import AbstractLayer, Shape, as_shape, require_gaussian
+from .._numerics import safe_sqrt
 
 
 class AbstractActivation(AbstractLayer):
@@ -65,7 +67,12 @@ class AbstractActivation(AbstractLayer):
     def propagate(self, k: Kernel) -> Kernel:
         require_gaussian(self, k)
         v1, v2 = k.variances()
-        nngp, dot = self.duals(k.nngp, v1, v2, k.ntk is not None)
+        # Cauchy-Schwarz, |c12| <= sqrt(v1 v2), against rounding: for identical
+        # inputs in a chaotic network the excess would grow layer by layer.
+        bound = safe_sqrt(v1 * v2)
+        nngp, dot = self.duals(
+            jnp.clip(k.nngp, -bound, bound), v1, v2, k.ntk is not None
+        )
         ntk = None if k.ntk is None else k.ntk * dot
 
         def cov(c):
@@ -75,6 +82,23 @@ class AbstractActivation(AbstractLayer):
                 return self.self_dual(c)
             return self.duals(c, *k.cov_variances(c), False)[0]
 
+        cov1 = cov(k.cov1)
+        if k.cov2 is None and not k.diagonal_batch:
+            nngp = _with_batch_diagonal(nngp, cov1)
         return k.replace(
-            nngp=nngp, ntk=ntk, cov1=cov(k.cov1), cov2=cov(k.cov2), is_gaussian=False
+            nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov(k.cov2), is_gaussian=False
         )
+
+
+def _with_batch_diagonal(nngp: Array, cov: Array) -> Array:
+    r"""`nngp` with its batch diagonal `nngp[n, n]` replaced by `cov[n]`.
+
+    With `x2=None` the two are the same number, computed twice: by the dual at
+    $c_{12} = v$ and by `self_dual`. In the chaotic phase $\rho = 1$ is an
+    unstable fixed point of the correlation map, so the rounding difference
+    between them grows by the factor $\chi > 1$ per layer until, some 50
+    layers on, the diagonal leaves the Cauchy-Schwarz bound and the NTK
+    overflows. Resetting the diagonal after every activation keeps it exact.
+    """
+    n = jnp.arange(cov.shape[0])
+    return nngp.at[n, n].set(cov.astype(nngp.dtype))

@@ -333,10 +333,13 @@ def rectified_monomial_dual(n: int, c12, v1, v2):
     homogeneous forms of $A_n, B_n$ (polynomials in $c_{12}$ and $v_1 v_2$)."""
     a, b = _arccos_polynomials(n)
     p = v1 * v2
-    rho, _ = correlation(c12, v1, v2)
+    rho, prod = correlation(c12, v1, v2)
     out = _homogeneous(b, c12, p, n) * (jnp.pi - safe_arccos(rho))
     if a:
-        out = out + _homogeneous(a, c12, p, n - 1) * safe_sqrt(p - c12**2)
+        # sqrt(v1 v2 - c12^2) from the same (snapped) rho as the arccos, so that
+        # their sqrt(2 eps) terms cancel at rho = 1 - eps as they do exactly.
+        sine = prod * safe_sqrt(1 - rho**2)
+        out = out + _homogeneous(a, c12, p, n - 1) * sine
     return out / (2 * jnp.pi)
 
 

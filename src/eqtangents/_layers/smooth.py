@@ -179,7 +179,9 @@ class Gelu(AbstractActivation):
     def duals(self, c12, v1, v2, derivative):
         p = v1 * v2
         q = (1 + v1) * (1 + v2)
-        delta2 = q - c12**2
+        # q - c12^2 without cancellation at large variances (|c12| <= sqrt(p)).
+        root, size = safe_sqrt(p), jnp.abs(c12)
+        delta2 = 1 + v1 + v2 + (root - size) * (root + size)
         delta = safe_sqrt(delta2)
         theta = jnp.arctan2(c12, delta)
         nngp = c12 / 4 + (c12 * theta + (c12**2 + p * delta2) / (q * delta)) / (
