@@ -6,7 +6,7 @@ with `doctest`. They assume `import eqtangents as et`, `import jax`,
 as the documentation says; nothing else is predefined.
 
 The examples in `EXPENSIVE` (each compiles many functions: 4096-column
-feature maps, thousands of sketches, three NTK implementations; about 3 to
+feature maps, thousands of sketches, three NTK implementations; about 2 to
 8 s apiece on two cores) run in `nox -s slow`; every other example runs in
 the default test run.
 """
@@ -30,6 +30,12 @@ import eqtangents as et
 PYCON_BLOCK = re.compile(r"^```pycon\n(.*?)^```", re.DOTALL | re.MULTILINE)
 MODULES = (et, et.predict, et.features, et.plot)
 EXPENSIVE = {
+    "eqtangents.features.Sin",
+    "eqtangents.features.LeakyRelu",
+    "eqtangents.features.Abs",
+    "eqtangents.predict.GradientDescentPredictor",
+    "eqtangents.empirical_ntk",
+    "eqtangents.ConvLocal",
     "eqtangents.Aggregate",
     "eqtangents.ConvTranspose",
     "eqtangents.empirical_kernel",

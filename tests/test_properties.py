@@ -9,7 +9,7 @@ layer needs more.
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import eqtangents as et
@@ -86,6 +86,7 @@ def test_dense_kernels_are_symmetric_psd_and_consistent(model, seed):
     _check_kernel(model, x)
 
 
+@settings(max_examples=max(6, settings.default.max_examples // 2))
 @given(conv_networks(), st.integers(0, 2**16))
 def test_conv_kernels_are_symmetric_psd_and_consistent(model, seed):
     x = jax.random.normal(jax.random.PRNGKey(seed), (3, 2, 5, 4))
