@@ -465,5 +465,5 @@ def test_errors():
         diag = kernel_from_inputs(x, None, diagonal_spatial=True, compute_ntk=False)
         et.AvgPool(2).kernel(diag)
     conv = et.Conv(4, (2, 2), in_channels=3, key=jax.random.key(0, impl="rbg"))
-    with pytest.raises(ValueError, match="weights of shape"):
+    with pytest.raises(ValueError, match="weights were drawn for inputs of 3 channels"):
         conv(jnp.ones((5, 4, 4)))

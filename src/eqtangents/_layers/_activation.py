@@ -68,8 +68,14 @@ class AbstractActivation(AbstractLayer):
         require_gaussian(self, k)
         v1, v2 = k.variances()
         # Cauchy-Schwarz, |c12| <= sqrt(v1 v2), against rounding: for identical
-        # inputs in a chaotic network the excess would grow layer by layer.
-        bound = safe_sqrt(v1 * v2)
+        # inputs in a chaotic network the excess would grow layer by layer. The
+        # bound is a product of roots (a root of the (N1, N2) product makes XLA
+        # recompute the variance chain inside every layer's fusion), and two
+        # rounded roots can land an ulp below v1 = v2, which would push an
+        # identical pair below rho = 1 and let chaos decorrelate it; a few ulps
+        # of slack keep such pairs at rho = 1, where every dual saturates.
+        slack = 1 + 4 * jnp.finfo(k.nngp.dtype).eps
+        bound = safe_sqrt(v1) * safe_sqrt(v2) * slack
         nngp, dot = self.duals(
             jnp.clip(k.nngp, -bound, bound), v1, v2, k.ntk is not None
         )
