@@ -69,6 +69,7 @@ def conv_networks(draw):
 
 
 def _check_kernel(model, x):
+    jax.clear_caches()  # a new network's programs each example (see conftest)
     k = model.kernel(x, None)
     explicit = model.kernel(x, x)
     for name in ("nngp", "ntk"):

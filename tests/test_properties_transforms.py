@@ -25,6 +25,7 @@ ACTIVATIONS = [
     lambda: et.RectifiedMonomial(2), lambda: et.Polynomial([0.1, 1.0, 0.3]),
 ]  # fmt: skip
 FLOAT32_TOLERANCE = 1e-4
+TWIN_RTOL = 5e-7  # sqrt(2 * 1e-13), as in test_properties.py
 # A few examples in the default run (each compiles some ten programs), a
 # hundred or more under `nox -s slow` (the "thorough" profile).
 THOROUGH = settings.default.max_examples > 12
@@ -85,6 +86,9 @@ def _relative_error(a, b):
 
 
 def _check_transforms(model, x):
+    # Each example compiles some thirty programs for a new network; dropping
+    # them keeps a long run under Linux's limit on memory maps (see conftest).
+    jax.clear_caches()
     direct = model.kernel(x, None, ("nngp", "ntk"))
     for mat in map(np.asarray, direct):
         assert np.isfinite(mat).all()
@@ -98,10 +102,21 @@ def _check_transforms(model, x):
         jnp.stack([x, 2 * x])
     )
     doubled = model.kernel(2 * x, None, ("nngp", "ntk"))
+    # Pairs of distinct identical inputs (x[0], x[1]) sit at a correlation
+    # that rounding leaves a few ulps below 1, where arc-cosine derivatives
+    # move by sqrt(2 (1 - rho)): programs that round differently (jit, tiles,
+    # vmap) agree there to ~1e-8 only (docs/guarantees.md).
+    flat = np.asarray(x).reshape(len(x), -1)
+    twins = (flat[:, None] == flat[None, :]).all(-1) & ~np.eye(len(x), dtype=bool)
     for i in range(2):
-        for other in (jitted[i], tiled[i], stacked[i][0]):
-            np.testing.assert_allclose(other, direct[i], rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(stacked[i][1], doubled[i], rtol=1e-9, atol=1e-12)
+        pairs = [(jitted[i], direct[i]), (tiled[i], direct[i]),
+                 (stacked[i][0], direct[i]), (stacked[i][1], doubled[i])]  # fmt: skip
+        for other, reference in pairs:
+            other, reference = np.asarray(other), np.asarray(reference)
+            np.testing.assert_allclose(
+                other[~twins], reference[~twins], rtol=1e-9, atol=1e-12
+            )
+            np.testing.assert_allclose(other[twins], reference[twins], rtol=TWIN_RTOL)
 
     def loss(m, a):
         return jnp.sum(m.kernel(a, None, "ntk") ** 2)
