@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 import eqtangents as et
 
-# sqrt(2 * 1e-13): arc-cosine duals at a correlation 1e-13 below 1 (see below)
-DIAGONAL_RTOL = 5e-7
+# Entries for two identical inputs computed through different paths: rounding
+# leaves their correlation up to ~1e-13 below 1, and arc-cosine derivatives
+# move by sqrt(2 (1 - rho)) there (docs/guarantees.md).
+IDENTICAL_INPUTS_RTOL = 5e-7
 ACTIVATIONS = [
     et.Relu, lambda: et.LeakyRelu(0.1), et.Abs, et.Erf, et.Gelu,
     lambda: et.Sin(1.0, 1.3, 0.2), lambda: et.ABRelu(-0.5, 1.2),
@@ -86,7 +88,9 @@ def _check_kernel(model, x):
         # b^2 v in Sin, v/(1 + 2v) in Erf, ...) below 1, and the arc-cosine
         # derivative moves by sqrt(2 (1 - rho)) there: ~1e-8, not 1e-16. With
         # x2=None the diagonal is the per-example variance, exact.
-        np.testing.assert_allclose(np.diag(mat), np.diag(other), rtol=DIAGONAL_RTOL)
+        np.testing.assert_allclose(
+            np.diag(mat), np.diag(other), rtol=IDENTICAL_INPUTS_RTOL
+        )
     np.testing.assert_allclose(np.diagonal(k.nngp), k.cov1, rtol=1e-10, atol=1e-12)
 
 

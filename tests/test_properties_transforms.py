@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 
 import eqtangents as et
 
+from .test_properties import IDENTICAL_INPUTS_RTOL
+
 ACTIVATIONS = [
     et.Relu, lambda: et.LeakyRelu(0.1), et.Abs, et.Erf, et.Gelu, et.Gaussian,
     lambda: et.Sin(1.0, 1.3, 0.2), lambda: et.ABRelu(-0.5, 1.2),
     lambda: et.RectifiedMonomial(2), lambda: et.Polynomial([0.1, 1.0, 0.3]),
 ]  # fmt: skip
 FLOAT32_TOLERANCE = 1e-4
-TWIN_RTOL = 5e-7  # sqrt(2 * 1e-13), as in test_properties.py
 # A few examples in the default run (each compiles some ten programs), a
 # hundred or more under `nox -s slow` (the "thorough" profile).
 THOROUGH = settings.default.max_examples > 12
@@ -102,10 +103,8 @@ def _check_transforms(model, x):
         jnp.stack([x, 2 * x])
     )
     doubled = model.kernel(2 * x, None, ("nngp", "ntk"))
-    # Pairs of distinct identical inputs (x[0], x[1]) sit at a correlation
-    # that rounding leaves a few ulps below 1, where arc-cosine derivatives
-    # move by sqrt(2 (1 - rho)): programs that round differently (jit, tiles,
-    # vmap) agree there to ~1e-8 only (docs/guarantees.md).
+    # x[0] and x[1] are identical: programs that round differently (jit,
+    # tiles, vmap) agree on their pair only to IDENTICAL_INPUTS_RTOL.
     flat = np.asarray(x).reshape(len(x), -1)
     twins = (flat[:, None] == flat[None, :]).all(-1) & ~np.eye(len(x), dtype=bool)
     for i in range(2):
@@ -116,7 +115,9 @@ def _check_transforms(model, x):
             np.testing.assert_allclose(
                 other[~twins], reference[~twins], rtol=1e-9, atol=1e-12
             )
-            np.testing.assert_allclose(other[twins], reference[twins], rtol=TWIN_RTOL)
+            np.testing.assert_allclose(
+                other[twins], reference[twins], rtol=IDENTICAL_INPUTS_RTOL
+            )
 
     def loss(m, a):
         return jnp.sum(m.kernel(a, None, "ntk") ** 2)
